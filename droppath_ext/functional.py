@@ -1,0 +1,106 @@
+"""DropPath as functions: timm's ``drop_path``, torchvision's ``stochastic_depth``,
+and the fused residual ``drop_path_add``.
+
+Each call goes to the compiled ops (``torch.ops.droppath.*``) when the library
+loaded, else to the pure-Python backend with the same semantics
+(:func:`droppath_ext.backend` says which).
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _compiled, _library, _reference
+from ._validation import check_input
+
+# The backend every function below calls; one module or the other, chosen once.
+_backend = _compiled if _library.LOADED else _reference
+
+
+def drop_path(
+    x: Tensor,
+    drop_prob: float = 0.0,
+    training: bool = False,
+    scale_by_keep: bool = True,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Drop whole samples of ``x`` (stochastic depth), as timm's ``drop_path``.
+
+    Identity when ``training`` is False or ``drop_prob == 0``. Otherwise each
+    sample ``x[b]`` (dim 0) is kept with probability ``keep_prob = 1 - drop_prob``
+    and multiplied by ``1 / keep_prob`` (by 1 when ``scale_by_keep`` is False);
+    dropped samples are exactly zero. ``drop_prob == 1`` gives all zeros.
+
+    Args:
+        x: float16/bfloat16/float32/float64 tensor with a batch dimension first.
+        drop_prob: probability of dropping a sample, in [0, 1].
+        training: apply the drop (True) or return ``x`` unchanged (False).
+        scale_by_keep: rescale kept samples by ``1 / keep_prob``.
+        generator: random generator to draw from (default: torch's default one
+            for ``x``'s device, so ``torch.manual_seed`` reproduces the draw).
+
+    Raises:
+        ValueError: ``drop_prob`` outside [0, 1] or NaN (checked even when not
+            training), or a 0-dim ``x``.
+        TypeError: ``x`` is not a floating tensor of a supported dtype.
+    """
+    return _backend.forward(x, drop_prob, training, scale_by_keep, generator)
+
+
+def drop_path_add(
+    residual: Tensor,
+    branch: Tensor,
+    drop_prob: float = 0.0,
+    training: bool = False,
+    scale_by_keep: bool = True,
+    *,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """``residual + drop_path(branch, ...)`` in one pass over memory.
+
+    A dropped sample's ``branch`` is not read. ``residual`` and ``branch`` must
+    have the same shape, dtype and device. Arguments and errors as in
+    :func:`drop_path`.
+    """
+    return _backend.add(residual, branch, drop_prob, training, scale_by_keep, generator)
+
+
+def stochastic_depth(input: Tensor, p: float, mode: str, training: bool = True) -> Tensor:
+    """torchvision's ``stochastic_depth``: ``mode="row"`` drops samples
+    independently (as :func:`drop_path`), ``mode="batch"`` keeps or drops the
+    whole batch with one draw. Kept values are scaled by ``1 / (1 - p)``.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1] or NaN, or ``mode`` not "row"/"batch"
+            (torchvision's messages), or a 0-dim ``input``.
+        TypeError: ``input`` is not a floating tensor of a supported dtype.
+    """
+    if not (p >= 0.0 and p <= 1.0):
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if mode != "batch" and mode != "row":
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    check_input(input, "input")
+    if not training or p == 0.0:
+        return input
+    if mode == "row":
+        return _backend.forward(input, p, training, True, None)
+    # One draw for the whole batch, shared by every sample.
+    factors = _backend.sample_factors(input.narrow(0, 0, min(1, input.shape[0])), p, True, None)
+    return _backend.scale_rows(input, factors.expand(input.shape[0]))
+
+
+def _register_script_builtins() -> None:
+    """Let ``torch.jit.script`` compile calls to the public functions straight
+    to the ops (their keyword-only ``generator`` is otherwise unscriptable)."""
+    try:
+        from torch.jit._builtins import _register_builtin
+    except ImportError:  # private API: without it, use the modules in scripts
+        return
+    _register_builtin(drop_path, "droppath::forward")
+    _register_builtin(drop_path_add, "droppath::add")
+
+
+if _library.LOADED:
+    _register_script_builtins()

@@ -1,0 +1,48 @@
+"""``nn.Module`` wrappers with timm's and torchvision's signatures and reprs."""
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as F
+from ._validation import check_drop_prob
+
+
+class DropPath(nn.Module):
+    """Drop whole samples of the input in training (stochastic depth).
+
+    A drop-in for ``timm.layers.DropPath``: same arguments, attributes
+    (``drop_prob``, ``scale_by_keep``) and repr. See :func:`droppath_ext.drop_path`.
+
+    Args:
+        drop_prob: probability of dropping each sample, in [0, 1].
+        scale_by_keep: rescale kept samples by ``1 / (1 - drop_prob)``.
+    """
+
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+        super().__init__()
+        check_drop_prob(float(drop_prob))
+        self.drop_prob = float(drop_prob)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The backend directly, not F.drop_path: TorchScript cannot compile
+        # keyword-only arguments, and this keeps the module scriptable on both paths.
+        return F._backend.forward(x, self.drop_prob, self.training, self.scale_by_keep, None)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+
+
+class StochasticDepth(nn.Module):
+    """torchvision's ``StochasticDepth(p, mode)``; see :func:`droppath_ext.stochastic_depth`."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p = p
+        self.mode = mode
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.stochastic_depth(input, self.p, self.mode, self.training)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"

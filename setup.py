@@ -1,0 +1,132 @@
+"""Build droppath_ext's compiled library (droppath_ext/_C*.so).
+
+Environment switches:
+  FORCE_CUDA=1                build the CUDA kernels, or fail saying why not
+  DROPPATH_EXT_NO_CUDA=1      never build the CUDA kernels
+  TORCH_CUDA_ARCH_LIST=...    CUDA archs (default: 8.0;8.6;8.9;9.0+PTX)
+  MAX_JOBS=N                  parallel compile jobs (read by torch's ninja build)
+  DEBUG=1                     -O0 -g instead of -O3
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import torch
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cuda_unavailable_reason() -> str | None:
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if cpp_extension.CUDA_HOME is None:
+        return "no CUDA toolkit found (set CUDA_HOME)"
+    nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
+    if not os.path.exists(nvcc):
+        return f"no nvcc at {nvcc}"
+    return None
+
+
+def _build_cuda() -> bool:
+    if _flag("DROPPATH_EXT_NO_CUDA"):
+        return False
+    reason = _cuda_unavailable_reason()
+    if _flag("FORCE_CUDA") and reason is not None:
+        sys.exit(f"FORCE_CUDA=1 but the CUDA kernels cannot be built: {reason}")
+    return reason is None
+
+
+def _nvidia_wheel_includes() -> list[str]:
+    """Include folders of the nvidia-* wheels torch depends on.
+
+    A bare system toolkit may lack the cuRAND/cuSPARSE headers that torch's
+    CUDA headers include; the wheels carry them. Found from the installed
+    `nvidia` package, never from a fixed path.
+    """
+    try:
+        import nvidia  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        for include in sorted(glob.glob(os.path.join(base, "*", "include"))):
+            if glob.glob(os.path.join(include, "cu*.h")):
+                found.append(include)
+    return found
+
+
+def _extension():
+    debug = _flag("DEBUG")
+    with_cuda = _build_cuda()
+    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    ldflags: list[str] = []
+    if torch._C.has_openmp:
+        cxx.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    kwargs = dict(
+        name="droppath_ext._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=ldflags,
+    )
+    if not with_cuda:
+        return cpp_extension.CppExtension(extra_compile_args={"cxx": cxx}, **kwargs), False
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
+    kwargs["sources"] += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    kwargs["include_dirs"] += _nvidia_wheel_includes()
+    return (
+        cpp_extension.CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs),
+        True,
+    )
+
+
+EXTENSION, WITH_CUDA = _extension()
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus droppath_ext/_build_info.json: what was built."""
+
+    def run(self) -> None:
+        super().run()
+        info = {
+            "torch_version": torch.__version__,
+            "torch_cuda_version": torch.version.cuda,
+            "with_cuda": WITH_CUDA,
+            "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
+            "openmp": bool(torch._C.has_openmp),
+            "cpu_capabilities": ["DEFAULT", "AVX2", "AVX512"]
+            if os.uname().machine in ("x86_64", "AMD64")
+            else ["DEFAULT"],
+            "debug": _flag("DEBUG"),
+            "cxx_flags": EXTENSION.extra_compile_args["cxx"],
+            "nvcc_flags": EXTENSION.extra_compile_args.get("nvcc"),
+            "python": sys.version.split()[0],
+        }
+        targets = [os.path.join(self.build_lib, "droppath_ext")]
+        if self.inplace:
+            targets.append(os.path.join(ROOT, "droppath_ext"))
+        for folder in targets:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "_build_info.json"), "w") as f:
+                json.dump(info, f, indent=2, sort_keys=True)
+
+
+setup(
+    ext_modules=[EXTENSION],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    package_data={"droppath_ext": ["_build_info.json"]},
+)
