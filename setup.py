@@ -15,9 +15,34 @@ import json
 import os
 import sys
 
+import shutil
+
 import torch
 from setuptools import setup
-from torch.utils import cpp_extension
+
+
+def _find_cuda_home() -> str | None:
+    """The CUDA toolkit root: $CUDA_HOME, else the folder above the real nvcc
+    (an `nvcc` on PATH may be a wrapper script outside the toolkit), else
+    /usr/local/cuda. A root counts only if it has the runtime headers."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return None  # torch reads these itself
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for root in candidates:
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            return root
+    return None
+
+
+if torch.version.cuda is not None and _find_cuda_home():
+    # Must precede the import below: torch resolves CUDA_HOME when imported.
+    os.environ["CUDA_HOME"] = _find_cuda_home()
+
+from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"

@@ -3,8 +3,32 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <string>
 
 namespace droppath {
+namespace {
+
+// Python's spelling ("torch.int64"), so messages match the Python backend's.
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kComplexHalf: return "torch.complex32";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(dtype);
+  }
+}
+
+}  // namespace
 
 void check_drop_prob(double drop_prob) {
   TORCH_CHECK_VALUE(!std::isnan(drop_prob) && drop_prob >= 0.0 && drop_prob <= 1.0,
@@ -17,7 +41,7 @@ void check_input(const at::Tensor& x, const char* name) {
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble ||
                        dtype == at::kHalf || dtype == at::kBFloat16,
                    name, " must be float16, bfloat16, float32 or float64, got ",
-                   dtype);
+                   dtype_name(dtype));
   TORCH_CHECK_VALUE(x.dim() >= 1, name,
                     " must have a batch dimension (dim 0), got a 0-dim tensor");
 }
@@ -30,7 +54,8 @@ void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
                     residual.sym_sizes(), " and ", branch.sym_sizes());
   TORCH_CHECK_TYPE(residual.scalar_type() == branch.scalar_type(),
                    "residual and branch must have the same dtype, got ",
-                   residual.scalar_type(), " and ", branch.scalar_type());
+                   dtype_name(residual.scalar_type()), " and ",
+                   dtype_name(branch.scalar_type()));
   TORCH_CHECK_VALUE(residual.device() == branch.device(),
                     "residual and branch must be on the same device, got ",
                     residual.device(), " and ", branch.device());
@@ -43,7 +68,7 @@ void check_factors(const at::Tensor& x, const at::Tensor& factors) {
                     factors.sym_sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(factors.scalar_type()),
                    "factors must be a floating tensor, got ",
-                   factors.scalar_type());
+                   dtype_name(factors.scalar_type()));
   TORCH_CHECK_VALUE(factors.sym_size(0) == x.sym_size(0),
                     "factors must have one value per sample: x has ",
                     x.sym_size(0), " samples, factors has ", factors.sym_size(0));

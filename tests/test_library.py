@@ -1,0 +1,111 @@
+"""The build and the backend switch: what was compiled, what got registered,
+and the fallback (one warning per process, an env var that forces it)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from importlib import resources
+
+import pytest
+import torch
+
+import droppath_ext as dp
+from droppath_ext import _library
+
+PRIVATE_OPS = ["_sample_factors", "_scale_rows", "_add_rows"]
+PUBLIC_OPS = ["forward", "add"]
+
+
+def _build_info():
+    path = resources.files("droppath_ext") / "_build_info.json"
+    if not path.is_file():
+        pytest.skip("no build info (library not built)")
+    return json.loads(path.read_text())
+
+
+def test_compiled_library_is_in_use_when_ci_expects_it():
+    if os.environ.get("DROPPATH_EXT_EXPECT_COMPILED") != "1":
+        pytest.skip("set DROPPATH_EXT_EXPECT_COMPILED=1 to require the compiled library")
+    assert _library.LOADED, _library.REASON
+    assert dp.backend() in ("cpu", "cpu+cuda")
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_every_op_has_cpu_meta_and_autograd_kernels():
+    for op in PRIVATE_OPS:
+        for key in ("CPU", "Meta", "Autograd"):
+            assert _library.has_kernel(op, key), (op, key)
+    for op in PUBLIC_OPS:
+        assert _library.has_kernel(op, "CompositeImplicitAutograd"), op
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_cuda_kernels_registered_for_every_op_when_built_with_cuda():
+    info = _build_info()
+    if os.environ.get("DROPPATH_EXT_EXPECT_CUDA") == "1":
+        assert info["with_cuda"], "CI expects the CUDA kernels to be compiled"
+    if not info["with_cuda"]:
+        pytest.skip("built without CUDA")
+    for op in PRIVATE_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"droppath::{op}", "CUDA"), op
+    assert dp.backend() == "cpu+cuda"
+
+
+def test_build_info_records_the_build():
+    info = _build_info()
+    assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
+    assert isinstance(info["openmp"], bool)
+    assert "cxx_flags" in info
+
+
+def _run(code, **env_overrides):
+    env = dict(os.environ, **env_overrides)
+    return subprocess.run(
+        [sys.executable, "-W", "default", "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_env_var_forces_the_python_backend_without_warning():
+    result = _run(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import droppath_ext, torch
+        assert droppath_ext.backend() == "python", droppath_ext.backend()
+        assert "DROPPATH_EXT_FORCE_PYTHON" in droppath_ext.backend_reason()
+        assert not [w for w in caught if "droppath_ext" in str(w.message)], caught
+        y = droppath_ext.drop_path(torch.ones(8, 2), 1.0, True)
+        assert torch.equal(y, torch.zeros(8, 2))
+        print("ok")
+        """,
+        DROPPATH_EXT_FORCE_PYTHON="1",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_missing_library_warns_once_and_falls_back():
+    result = _run(
+        """
+        import importlib.util, warnings
+        real_find_spec = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name == "droppath_ext._C" else real_find_spec(name, *a)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import droppath_ext, torch
+            for _ in range(3):
+                droppath_ext.drop_path(torch.ones(4, 2), 0.5, True)
+                droppath_ext.DropPath(0.5)(torch.ones(4, 2))
+        mine = [w for w in caught if "droppath_ext" in str(w.message)]
+        assert len(mine) == 1, [str(w.message) for w in mine]
+        assert "not found" in str(mine[0].message)
+        assert droppath_ext.backend() == "python"
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
