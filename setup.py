@@ -138,7 +138,7 @@ class BuildExtension(cpp_extension.BuildExtension):
             else ["DEFAULT"],
             "debug": _flag("DEBUG"),
             "cxx_flags": EXTENSION.extra_compile_args["cxx"],
-            "nvcc_flags": EXTENSION.extra_compile_args.get("nvcc"),
+            "nvcc_flags": EXTENSION.extra_compile_args.get("nvcc") if WITH_CUDA else None,
             "python": sys.version.split()[0],
         }
         targets = [os.path.join(self.build_lib, "droppath_ext")]

@@ -1,10 +1,12 @@
 // The public ops, built from the private ones for every backend at once:
 // validation first (before any shortcut, as torchvision does), then the
-// identity / plain-add shortcut, then sample factors and apply them.
+// identity / plain-add shortcut, then sample factors and apply them. Also
+// the backend-free diagnostics op.
 #include <ATen/ops/add.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "cpu/rows_kernel_dispatch.h"
 #include "droppath.h"
 
 namespace droppath {
@@ -38,11 +40,16 @@ at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch,
   return add_rows(residual, branch, factors);
 }
 
+std::string cpu_kernel_capability() {
+  return cpu::best_rows_kernels().capability;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(droppath, CompositeImplicitAutograd, m) {
   m.impl("forward", &forward_composite);
   m.impl("add", &add_composite);
+  m.impl("_cpu_kernel_capability", &cpu_kernel_capability);
 }
 
 }  // namespace droppath

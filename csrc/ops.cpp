@@ -22,4 +22,7 @@ TORCH_LIBRARY(droppath, m) {
   // opcheck can test exactly.
   m.def("_scale_rows(Tensor x, Tensor factors) -> Tensor");
   m.def("_add_rows(Tensor residual, Tensor branch, Tensor factors) -> Tensor");
+  // Which CPU build of the kernels runs on this machine ("DEFAULT", "AVX2",
+  // "AVX512"): for diagnostics (python -m droppath_ext.info).
+  m.def("_cpu_kernel_capability() -> str");
 }

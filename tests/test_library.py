@@ -109,3 +109,23 @@ def test_missing_library_warns_once_and_falls_back():
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_info_self_check_passes_for_each_cpu_capability(capability):
+    """Each CPU build of the kernels (chosen by ATen's capability, which
+    ATEN_CPU_CAPABILITY lowers) agrees with the reference."""
+    if capability == "avx512" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("this CPU has no AVX-512")
+    if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    result = subprocess.run(
+        [sys.executable, "-P", "-m", "droppath_ext.info"],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, ATEN_CPU_CAPABILITY=capability),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ATen capability {capability.upper()}" in result.stdout
+    assert f"cpu kernels  {capability.upper()}" in result.stdout
+    assert result.stdout.strip().endswith("PASS")
