@@ -1,22 +1,28 @@
 """droppath_ext: DropPath (stochastic depth) as a fast compiled PyTorch operator.
 
 Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
-:class:`DropPath`, :class:`StochasticDepth`, :func:`backend`.
+:func:`drop_path_residual`, :class:`DropPath`, :class:`StochasticDepth`,
+:func:`convert_model`, :func:`backend`.
 """
 
 from ._library import backend, backend_reason
+from .convert import ConversionReport, convert_model
 from .functional import drop_path, drop_path_add, stochastic_depth
 from .modules import DropPath, StochasticDepth
+from .residual import drop_path_residual
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConversionReport",
     "DropPath",
     "StochasticDepth",
     "backend",
     "backend_reason",
+    "convert_model",
     "drop_path",
     "drop_path_add",
+    "drop_path_residual",
     "stochastic_depth",
     "__version__",
 ]

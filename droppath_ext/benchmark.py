@@ -108,7 +108,10 @@ def _make_stmt(fn: Callable, case: str, x: torch.Tensor, b: torch.Tensor, grad: 
     if name == "limit":
         # forward floor plus one read+write of the gradient
         return lambda: (fn(x, b), grad.clone())
-    return lambda: fn(x, b).backward(grad)
+    # autograd.grad, not .backward(): no accumulation into .grad, whose cost
+    # (an extra pass per input) would hide the op's own.
+    inputs = (x,) if case == "forward+backward" else (x, b)
+    return lambda: torch.autograd.grad(fn(x, b), inputs, grad)
 
 
 def run_cell(shape, dtype_name, case, device, p, min_run_time, rounds, compiled_timm) -> Cell:

@@ -1,0 +1,136 @@
+"""convert_model on real timm and torchvision models (no pretrained weights)."""
+
+import pytest
+import torch
+
+import droppath_ext as dp
+from droppath_ext.convert import convert_model
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+
+
+def _vit(rate=0.4):
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, drop_path_rate=rate, img_size=32, patch_size=8, depth=4
+    )
+
+
+def _count(model, cls):
+    return sum(isinstance(m, cls) for m in model.modules())
+
+
+def test_replaces_every_timm_drop_path_with_same_settings():
+    model = _vit()
+    originals = {n: m.drop_prob for n, m in model.named_modules() if type(m).__name__ == "DropPath"}
+    converted, report = convert_model(model, return_report=True)
+    ours = {n: m.drop_prob for n, m in converted.named_modules() if isinstance(m, dp.DropPath)}
+    assert ours == originals and len(ours) == 6  # blocks 1..3 (block 0 has rate 0: Identity)
+    assert sorted(report.replaced) == sorted(originals)
+
+
+def test_replaces_torchvision_stochastic_depth():
+    model = torchvision.models.convnext_tiny(stochastic_depth_prob=0.2)
+    n = sum(type(m).__name__ == "StochasticDepth" for m in model.modules())
+    convert_model(model)
+    assert _count(model, dp.StochasticDepth) == n > 0
+    assert not any(type(m).__module__.startswith("torchvision") and type(m).__name__ == "StochasticDepth"
+                   for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (_vit, (2, 3, 32, 32)),
+        (lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.3), (2, 3, 64, 64)),
+        (lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=0.3), (2, 3, 64, 64)),
+    ],
+    ids=["timm_vit", "timm_convnext", "torchvision_convnext"],
+)
+@pytest.mark.parametrize("fuse", [False, True])
+def test_eval_outputs_equal_the_original(make, shape, fuse):
+    torch.manual_seed(0)
+    original = make().eval()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        expected = original(x)
+    converted, report = convert_model(original, fuse_residual=fuse, return_report=True)
+    with torch.no_grad():
+        got = converted.eval()(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    if fuse:
+        assert report.fused and not report.unfused
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (_vit, (32, 3, 32, 32)),
+        (lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.5), (16, 3, 32, 32)),
+        (lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=0.5), (16, 3, 32, 32)),
+    ],
+    ids=["timm_vit", "timm_convnext", "torchvision_convnext"],
+)
+def test_fused_training_equals_masked_training_for_the_same_seed(make, shape):
+    torch.manual_seed(0)
+    masked = convert_model(make(), fuse_residual=True, skip_dropped=False).train()
+    skipping = convert_model(make(), fuse_residual=True).train()
+    skipping.load_state_dict(masked.state_dict())
+    x = torch.randn(shape)
+    torch.manual_seed(5)
+    a = masked(x)
+    a.float().pow(2).mean().backward()
+    torch.manual_seed(5)
+    b = skipping(x)
+    b.float().pow(2).mean().backward()
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for (name, pa), pb in zip(masked.named_parameters(), skipping.parameters()):
+        if pa.grad is None:
+            assert pb.grad is None, name
+        else:
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_fused_vit_block_skips_dropped_samples_compute():
+    model = convert_model(_vit(rate=0.9), fuse_residual=True).train()
+    block = model.blocks[3]  # rate 0.9 under timm's linear schedule
+    seen = []
+    block.mlp.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    model(torch.randn(64, 3, 32, 32))
+    assert seen and seen[0] < 32
+
+
+def test_converted_vit_scripts_and_runs():
+    model = convert_model(_vit(), fuse_residual=True)
+    scripted = torch.jit.script(model)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    scripted.eval()
+    torch.testing.assert_close(scripted(x), model(x))
+    scripted.train()
+    scripted(x).sum().backward()
+
+
+def test_unknown_blocks_are_reported_and_left_alone(caplog):
+    class Custom(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+            self.drop = timm.layers.DropPath(0.2)
+
+        def forward(self, x):
+            return x + self.drop(self.fc(x))
+
+    model = torch.nn.Sequential(Custom())
+    with caplog.at_level("INFO", logger="droppath_ext"):
+        _, report = convert_model(model, fuse_residual=True, return_report=True)
+    assert report.unfused == ["0"]
+    assert isinstance(model[0].drop, dp.DropPath)
+    assert "left unfused" in caplog.text
+
+
+def test_batchnorm_branch_is_not_fused():
+    block = torchvision.models.convnext_tiny(stochastic_depth_prob=0.2).features[1][0]
+    block.block.append(torch.nn.BatchNorm2d(96))
+    _, report = convert_model(torch.nn.Sequential(block), fuse_residual=True, return_report=True)
+    assert report.unfused == ["0"] and not report.fused
