@@ -1,0 +1,127 @@
+"""Property-based tests (hypothesis): random shapes, strides, dtypes,
+probabilities and both ops on both backends. Every output must equal the
+per-sample reference for the mask that was drawn, and every gradient likewise;
+bad inputs must raise ValueError/TypeError, never crash."""
+
+import math
+
+import pytest
+import torch
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from droppath_ext import _compiled, _library, _reference  # noqa: E402
+
+IMPLS = [pytest.param(_reference, id="python")] + (
+    [pytest.param(_compiled, id="compiled")] if _library.LOADED else []
+)
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+EXAMPLES = 600
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@st.composite
+def tensors(draw, dtype=None, shape=None):
+    """A tensor of a random shape (1-D to 5-D, batch 0/1/small/large) and layout."""
+    if shape is None:
+        ndim = draw(st.integers(1, 5))
+        batch = draw(st.sampled_from([0, 1, 2, 3, 5, 17, 64]))
+        shape = [batch] + [draw(st.integers(0 if draw(st.booleans()) else 1, 6)) for _ in range(ndim - 1)]
+    dtype = dtype or draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    layout = draw(st.sampled_from(["contiguous", "transposed", "sliced", "expanded", "channels_last", "offset"]))
+    ndim = len(shape)
+    if layout == "sliced":
+        base = torch.randn([s * 2 for s in shape], generator=gen)
+        x = base[tuple(slice(None, None, 2) for _ in shape)]
+    elif layout == "expanded" and ndim > 1 and shape[1] > 0:
+        x = torch.randn([shape[0], 1] + shape[2:], generator=gen).expand(shape)
+    elif layout == "offset":
+        x = torch.randn([shape[0] + 1] + shape[1:], generator=gen)[1:]
+    else:
+        x = torch.randn(shape, generator=gen)
+    if layout == "transposed" and ndim > 1:
+        dims = draw(st.permutations(list(range(ndim))))
+        x = torch.randn([shape[d] for d in dims], generator=gen).permute(
+            [dims.index(i) for i in range(ndim)])
+    if layout == "channels_last" and ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if draw(st.integers(0, 9)) == 0 and x.numel():  # sometimes non-finite values
+        x = x.clone()
+        x[(0,) * x.dim()] = draw(st.sampled_from([math.inf, -math.inf, math.nan]))
+    return x.to(dtype)
+
+
+drop_probs = st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0, allow_nan=False))
+
+
+def _same(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@SETTINGS
+@given(x=tensors(), drop_prob=drop_probs, scale_by_keep=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_forward_matches_reference_for_drawn_mask(impl, device, x, drop_prob, scale_by_keep, seed):
+    x = x.to(device).requires_grad_()
+    out = impl.forward(x, drop_prob, True, scale_by_keep, torch.Generator(device).manual_seed(seed))
+    if drop_prob == 0.0:
+        assert out is x
+        return
+    factors = impl.sample_factors(x, drop_prob, scale_by_keep, torch.Generator(device).manual_seed(seed))
+    _same(out, _reference.scale_rows(x.detach(), factors))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    _same(x.grad, _reference.scale_rows(grad, factors))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@SETTINGS
+@given(data=st.data(), drop_prob=drop_probs, scale_by_keep=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_add_matches_reference_for_drawn_mask(impl, device, data, drop_prob, scale_by_keep, seed):
+    branch = data.draw(tensors()).to(device).requires_grad_()
+    residual = data.draw(tensors(dtype=branch.dtype, shape=list(branch.shape))).to(device).requires_grad_()
+    out = impl.add(residual, branch, drop_prob, True, scale_by_keep, torch.Generator(device).manual_seed(seed))
+    if drop_prob == 0.0:
+        _same(out, residual.detach() + branch.detach())
+        return
+    factors = impl.sample_factors(branch, drop_prob, scale_by_keep, torch.Generator(device).manual_seed(seed))
+    _same(out, _reference.add_rows(residual.detach(), branch.detach(), factors))
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    _same(residual.grad, grad)
+    _same(branch.grad, _reference.scale_rows(grad, factors))
+
+
+bad_probs = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 1))
+any_dtype = st.sampled_from(DTYPES + [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(dtype=any_dtype, shape=st.lists(st.integers(0, 4), min_size=0, max_size=4), drop_prob=bad_probs,
+       training=st.booleans(), other_shape=st.booleans(), other_dtype=any_dtype)
+def test_any_input_is_handled_or_rejected_cleanly(impl, dtype, shape, drop_prob, training, other_shape, other_dtype):
+    x = torch.zeros(shape, dtype=dtype)
+    valid_prob = 0.0 <= drop_prob <= 1.0
+    valid_x = dtype in DTYPES and len(shape) >= 1
+    try:
+        out = impl.forward(x, drop_prob, training, True, None)
+        assert valid_prob and valid_x
+        assert out.shape == x.shape
+    except (ValueError, TypeError) as error:
+        assert not (valid_prob and valid_x), error
+    other = torch.zeros(shape + [1] if other_shape else shape, dtype=other_dtype)
+    try:
+        out = impl.add(x, other, drop_prob, training, True, None)
+        assert valid_prob and valid_x and not other_shape and other_dtype == dtype
+    except (ValueError, TypeError) as error:
+        assert not (valid_prob and valid_x and not other_shape and other_dtype == dtype), error
