@@ -94,7 +94,9 @@ def _nvidia_wheel_includes() -> list[str]:
 def _extension():
     debug = _flag("DEBUG")
     with_cuda = _build_cuda()
-    cxx = ["-O0", "-g"] if debug else ["-O3"]
+    # No FMA contraction: residual + branch * factor rounds like the unfused
+    # `residual + drop_path(branch)` (and like the Python reference).
+    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
     ldflags: list[str] = []
     if torch._C.has_openmp:
         cxx.append("-fopenmp")

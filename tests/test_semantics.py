@@ -241,3 +241,14 @@ def test_same_results_as_timm_formula_in_distribution(backend):
     ours = kept_mask(dp.drop_path(x, 0.3, True)).double().mean()
     theirs = kept_mask(timm_layers.drop_path(x, 0.3, True)).double().mean()
     assert abs(ours - theirs) < 6 * math.sqrt(2 * 0.21 / 20000)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_is_bitwise_the_unfused_composition(backend, device, dtype):
+    r = torch.randn(64, 7, 9, dtype=dtype, device=device)
+    b = torch.randn(64, 7, 9, dtype=dtype, device=device)
+    torch.manual_seed(4)
+    fused = dp.drop_path_add(r, b, 0.25, training=True)  # 1/0.75 is inexact: rounding shows
+    torch.manual_seed(4)
+    unfused = r + dp.drop_path(b, 0.25, training=True)
+    assert torch.equal(fused, unfused)

@@ -33,6 +33,12 @@ struct alignas(sizeof(scalar_t) * N) Pack {
   scalar_t val[N];
 };
 
+// Multiplications the compiler may not fuse with the following add into an
+// FMA, so residual + branch * factor rounds like the unfused
+// `residual + drop_path(branch)` and like the CPU kernels.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 // ---- factors ---------------------------------------------------------------
 
 template <typename math_t>
@@ -133,7 +139,7 @@ __global__ void add_rows_kernel(scalar_t* __restrict__ out,
 #pragma unroll
       for (int k = 0; k < N; ++k) {
         result.val[k] = static_cast<scalar_t>(static_cast<math_t>(res.val[k]) +
-                                              static_cast<math_t>(br.val[k]) * f);
+                                              mul_rn(static_cast<math_t>(br.val[k]), f));
       }
     }
     *reinterpret_cast<P*>(out + i) = result;
