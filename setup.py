@@ -6,6 +6,7 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST=...    CUDA archs (default: 8.0;8.6;8.9;9.0+PTX)
   MAX_JOBS=N                  parallel compile jobs (read by torch's ninja build)
   DEBUG=1                     -O0 -g instead of -O3
+  DROPPATH_EXT_SANITIZE=...   e.g. address,undefined: build with -fsanitize (scripts/sanitize_cpu.sh)
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def _extension():
     if torch._C.has_openmp:
         cxx.append("-fopenmp")
         ldflags.append("-fopenmp")
+    sanitize = os.environ.get("DROPPATH_EXT_SANITIZE", "").strip()
+    if sanitize:
+        cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        ldflags.append(f"-fsanitize={sanitize}")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     kwargs = dict(
@@ -139,6 +144,7 @@ class BuildExtension(cpp_extension.BuildExtension):
             if os.uname().machine in ("x86_64", "AMD64")
             else ["DEFAULT"],
             "debug": _flag("DEBUG"),
+            "sanitize": os.environ.get("DROPPATH_EXT_SANITIZE") or None,
             "cxx_flags": EXTENSION.extra_compile_args["cxx"],
             "nvcc_flags": EXTENSION.extra_compile_args.get("nvcc") if WITH_CUDA else None,
             "python": sys.version.split()[0],

@@ -1,0 +1,114 @@
+"""CUDA-only behaviour (the shared suite also runs on "cuda" when a GPU is
+present): CUDA graph capture and replay, streams, torch.cuda.manual_seed,
+checkpoint replay, autocast. Skipped cleanly without a GPU."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import droppath_ext as dp
+from droppath_ext import _library
+from conftest import kept_mask, nonzero_input
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU"),
+    pytest.mark.skipif(not _library.has_kernel("_scale_rows", "CUDA"), reason="built without CUDA kernels"),
+]
+
+
+def _fraction_ok(kept, p):
+    n = kept.numel()
+    return abs((1 - kept.float().mean().item()) - p) < 6 * math.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cuda_graph_replay_draws_fresh_masks(fused):
+    x = nonzero_input((4096, 8), device="cuda")
+    r = nonzero_input((4096, 8), device="cuda")
+
+    def step():
+        return dp.drop_path_add(r, x, 0.5, True) - r if fused else dp.drop_path(x, 0.5, True)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    masks = []
+    for _ in range(6):
+        graph.replay()
+        torch.cuda.synchronize()
+        kept = kept_mask(static_out)
+        assert _fraction_ok(kept, 0.5)
+        torch.testing.assert_close(static_out[kept], x[kept] * 2, rtol=1e-6, atol=1e-6)
+        masks.append(kept.clone())
+    assert any(not torch.equal(masks[0], m) for m in masks[1:]), "replays reused one mask"
+
+
+def test_non_default_stream_gives_the_same_result():
+    x = nonzero_input((512, 33), device="cuda")
+    torch.cuda.manual_seed(3)
+    expected = dp.drop_path_add(x, x, 0.3, True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda.manual_seed(3)
+        got = dp.drop_path_add(x, x, 0.3, True)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    assert torch.equal(got, expected)
+
+
+def test_cuda_manual_seed_reproduces():
+    x = nonzero_input((1024, 16), device="cuda")
+    torch.cuda.manual_seed(11)
+    a = dp.drop_path(x, 0.5, True)
+    torch.cuda.manual_seed(11)
+    b = dp.drop_path(x, 0.5, True)
+    c = dp.drop_path(x, 0.5, True)
+    assert torch.equal(a, b) and not torch.equal(b, c)
+
+
+def test_checkpoint_on_cuda_gives_the_same_gradients():
+    lin = torch.nn.Linear(16, 16).cuda()
+    drop = dp.DropPath(0.5)
+
+    def block(t):
+        return t + drop(torch.relu(lin(t)))
+
+    x = torch.randn(256, 16, device="cuda", requires_grad=True)
+    torch.manual_seed(5)
+    block(x).sum().backward()
+    plain = x.grad.clone(), lin.weight.grad.clone()
+    x.grad = None
+    lin.zero_grad()
+    torch.manual_seed(5)
+    checkpoint(block, x, use_reentrant=False).sum().backward()
+    torch.testing.assert_close(x.grad, plain[0])
+    torch.testing.assert_close(lin.weight.grad, plain[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_keeps_the_half_dtype(dtype):
+    lin = torch.nn.Linear(32, 32).cuda()
+    x = torch.randn(64, 32, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        h = lin(x)
+        out = dp.drop_path_add(h, h, 0.5, True)
+        y = dp.drop_path(h, 0.5, True)
+    assert h.dtype == dtype and out.dtype == dtype and y.dtype == dtype
+    (out.float().sum() + y.float().sum()).backward()
+    assert lin.weight.grad is not None
+
+
+def test_unaligned_and_odd_sizes_take_the_scalar_path_correctly():
+    base = nonzero_input((7 * 13 * 3 + 1,), device="cuda")
+    x = base[1:].view(7, 13, 3)  # storage offset 1: not 16-byte aligned
+    f = torch.tensor([0.0, 2.0, 1.0, 0.5, 0.0, 3.0, 1.5], device="cuda")
+    torch.testing.assert_close(torch.ops.droppath._scale_rows(x, f), x * f.view(7, 1, 1), rtol=0, atol=0)
