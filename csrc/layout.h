@@ -36,4 +36,19 @@ inline bool same_sample_major_layout(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
+// residual and branch in one shared sample-major layout: as they are when
+// they already share one, else both made contiguous.
+struct AddOperands {
+  at::Tensor residual;
+  at::Tensor branch;
+};
+
+inline AddOperands as_add_operands(const at::Tensor& residual,
+                                   const at::Tensor& branch) {
+  if (same_sample_major_layout(residual, branch)) {
+    return {residual, branch};
+  }
+  return {residual.contiguous(), branch.contiguous()};
+}
+
 }  // namespace droppath

@@ -30,9 +30,7 @@ at::Tensor add_rows_meta(const at::Tensor& residual, const at::Tensor& branch,
                          const at::Tensor& factors) {
   check_pair(residual, branch);
   check_factors(branch, factors);
-  return at::empty_like(same_sample_major_layout(residual, branch)
-                            ? residual
-                            : residual.contiguous());
+  return at::empty_like(as_add_operands(residual, branch).residual);
 }
 
 }  // namespace

@@ -242,7 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no GPU is visible")
 
-    compiled_timm = _timm_for_compile if args.no_compile else torch.compile(_timm_for_compile, dynamic=False)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(
         f"droppath_ext benchmark: backend {_library.backend()}, torch {torch.__version__}, "
@@ -252,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         for dtype_name in dtypes:
             for case in cases:
+                # A fresh compile per cell: one compiled function reused across
+                # shapes and dtypes would hit dynamo's recompile limit and
+                # silently run eager.
+                torch._dynamo.reset()
+                compiled_timm = (
+                    _timm_for_compile if args.no_compile else torch.compile(_timm_for_compile, dynamic=False)
+                )
                 cell = run_cell(shape, dtype_name, case, args.device, args.drop_prob,
                                 args.min_run_time, args.rounds, compiled_timm)
                 cells.append(cell)

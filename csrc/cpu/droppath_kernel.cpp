@@ -64,14 +64,13 @@ at::Tensor add_rows_cpu(const at::Tensor& residual, const at::Tensor& branch,
                         const at::Tensor& factors) {
   check_pair(residual, branch);
   check_factors(branch, factors);
-  const bool same = same_sample_major_layout(residual, branch);
-  const at::Tensor res = same ? residual : residual.contiguous();
-  const at::Tensor br = same ? branch : branch.contiguous();
-  at::Tensor out = at::empty_like(res);
-  if (res.numel() == 0) {
+  const AddOperands in = as_add_operands(residual, branch);
+  at::Tensor out = at::empty_like(in.residual);
+  if (out.numel() == 0) {
     return out;
   }
-  cpu::best_rows_kernels().add_rows(out, res, br, math_factors(branch, factors));
+  cpu::best_rows_kernels().add_rows(out, in.residual, in.branch,
+                                    math_factors(branch, factors));
   return out;
 }
 

@@ -94,6 +94,16 @@ at::Tensor sample_factors_cuda(const at::Tensor& x, double drop_prob,
 // With N > 1 the caller guarantees every pointer is 16-byte aligned and the
 // sample size is a multiple of N, so a pack never straddles two samples.
 
+// Grid-stride loop over packs of N elements: body(first element, its sample).
+template <int N, typename index_t, typename Body>
+__device__ __forceinline__ void for_each_pack(index_t numel, index_t sample_size, const Body& body) {
+  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x * N;
+  for (index_t i = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
+       i < numel; i += step) {
+    body(i, i / sample_size);
+  }
+}
+
 template <typename scalar_t, int N, typename index_t>
 __global__ void scale_rows_kernel(scalar_t* __restrict__ out,
                                   const scalar_t* __restrict__ x,
@@ -101,10 +111,8 @@ __global__ void scale_rows_kernel(scalar_t* __restrict__ out,
                                   index_t numel, index_t sample_size) {
   using math_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, N>;
-  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x * N;
-  for (index_t i = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
-       i < numel; i += step) {
-    const math_t f = factors[i / sample_size];
+  for_each_pack<N>(numel, sample_size, [&](index_t i, index_t sample) {
+    const math_t f = factors[sample];
     P result;
     if (f == math_t(0)) {
 #pragma unroll
@@ -117,7 +125,7 @@ __global__ void scale_rows_kernel(scalar_t* __restrict__ out,
       }
     }
     *reinterpret_cast<P*>(out + i) = result;
-  }
+  });
 }
 
 template <typename scalar_t, int N, typename index_t>
@@ -128,10 +136,8 @@ __global__ void add_rows_kernel(scalar_t* __restrict__ out,
                                 index_t numel, index_t sample_size) {
   using math_t = at::opmath_type<scalar_t>;
   using P = Pack<scalar_t, N>;
-  const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x * N;
-  for (index_t i = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
-       i < numel; i += step) {
-    const math_t f = factors[i / sample_size];
+  for_each_pack<N>(numel, sample_size, [&](index_t i, index_t sample) {
+    const math_t f = factors[sample];
     const P res = *reinterpret_cast<const P*>(residual + i);
     P result = res;
     if (f != math_t(0)) {  // a dropped sample's branch is never read
@@ -143,7 +149,7 @@ __global__ void add_rows_kernel(scalar_t* __restrict__ out,
       }
     }
     *reinterpret_cast<P*>(out + i) = result;
-  }
+  });
 }
 
 bool aligned16(const void* p) {
@@ -223,9 +229,9 @@ at::Tensor add_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
   check_pair(residual, branch);
   check_factors(branch, factors);
   const c10::cuda::CUDAGuard guard(residual.device());
-  const bool same = same_sample_major_layout(residual, branch);
-  const at::Tensor res = same ? residual : residual.contiguous();
-  const at::Tensor br = same ? branch : branch.contiguous();
+  const AddOperands in = as_add_operands(residual, branch);
+  const at::Tensor& res = in.residual;
+  const at::Tensor& br = in.branch;
   at::Tensor out = at::empty_like(res);
   const int64_t numel = res.numel();
   if (numel == 0) {
