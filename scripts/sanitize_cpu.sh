@@ -17,7 +17,8 @@ cd "$WORK"
 export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
 # The instrumented copy, not an installed one, must be what the tests import.
 $PY -c "import droppath_ext._library as L, sys; print(L.REASON); sys.exit(0 if L.LOADED and '$WORK' in L.REASON else 1)"
-nm -D droppath_ext/_C*.so | grep -q __asan_report || { echo "library is not instrumented"; exit 1; }
+# grep reads all of nm's output: with pipefail, grep -q would SIGPIPE nm.
+nm -D droppath_ext/_C*.so | grep __asan_report > /dev/null || { echo "library is not instrumented"; exit 1; }
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" \
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
