@@ -30,6 +30,14 @@ def _load() -> tuple[bool, str]:
         return False, f"{FORCE_PYTHON_ENV} is set"
     spec = importlib.util.find_spec("droppath_ext._C")
     if spec is None or spec.origin is None:
+        package_dir = os.path.dirname(os.path.abspath(__file__))
+        if os.path.exists(os.path.join(os.path.dirname(package_dir), "setup.py")):
+            return False, (
+                f"compiled library droppath_ext._C not found: droppath_ext was imported from the "
+                f"source checkout {package_dir}, not from the installed package (run from outside "
+                f"the checkout or with `python -P`, or build in place with "
+                f"`pip install --no-build-isolation -e .`)"
+            )
         return False, "compiled library droppath_ext._C not found (package installed without building it)"
     try:
         torch.ops.load_library(spec.origin)
