@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         shapes = args.shapes or [(8, 197, 768)]
         dtypes = ["f32", "bf16"] if args.dtypes == "f32,bf16,f16" else dtypes
-        args.min_run_time, args.rounds = 0.05, 3
+        args.min_run_time, args.rounds = 0.03, 3
     for name in dtypes:
         if name not in DTYPES:
             parser.error(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
