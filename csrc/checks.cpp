@@ -91,4 +91,13 @@ at::ScalarType math_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::Tensor math_factors(const at::Tensor& x, const at::Tensor& factors) {
+  return factors.to(math_dtype(x.scalar_type())).contiguous();
+}
+
+double kept_factor(double drop_prob, bool scale_by_keep) {
+  const double keep_prob = 1.0 - drop_prob;
+  return (scale_by_keep && keep_prob > 0.0) ? 1.0 / keep_prob : 1.0;
+}
+
 }  // namespace droppath

@@ -29,4 +29,11 @@ void check_generator(const at::Tensor& x,
 // precision the kernels compute in.
 at::ScalarType math_dtype(at::ScalarType dtype);
 
+// factors converted to x's math dtype, contiguous: what the kernels read.
+at::Tensor math_factors(const at::Tensor& x, const at::Tensor& factors);
+
+// What a kept sample is multiplied by: 1 / (1 - drop_prob), or 1 when not
+// scaling. No division at drop_prob == 1 (nothing is kept then).
+double kept_factor(double drop_prob, bool scale_by_keep);
+
 }  // namespace droppath

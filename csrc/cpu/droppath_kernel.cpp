@@ -26,9 +26,7 @@ at::Tensor sample_factors_cpu(const at::Tensor& x, double drop_prob,
   const at::ScalarType math = math_dtype(x.scalar_type());
   at::Tensor factors = at::empty({batch}, x.options().dtype(math));
   const double keep_prob = 1.0 - drop_prob;
-  // No division at drop_prob == 1: every factor is 0 then.
-  const double kept_value =
-      (scale_by_keep && keep_prob > 0.0) ? 1.0 / keep_prob : 1.0;
+  const double kept_value = kept_factor(drop_prob, scale_by_keep);
 
   auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
       generator, at::detail::getDefaultCPUGenerator());
@@ -42,10 +40,6 @@ at::Tensor sample_factors_cpu(const at::Tensor& x, double drop_prob,
     }
   });
   return factors;
-}
-
-at::Tensor math_factors(const at::Tensor& x, const at::Tensor& factors) {
-  return factors.to(math_dtype(x.scalar_type())).contiguous();
 }
 
 at::Tensor scale_rows_cpu(const at::Tensor& x, const at::Tensor& factors) {

@@ -70,8 +70,7 @@ at::Tensor sample_factors_cuda(const at::Tensor& x, double drop_prob,
     return factors;
   }
   const double keep_prob = 1.0 - drop_prob;
-  const double kept_value =
-      (scale_by_keep && keep_prob > 0.0) ? 1.0 / keep_prob : 1.0;
+  const double kept_value = kept_factor(drop_prob, scale_by_keep);
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator());
   at::PhiloxCudaState philox;
@@ -213,7 +212,7 @@ at::Tensor scale_rows_cuda(const at::Tensor& x, const at::Tensor& factors) {
   if (numel == 0) {
     return out;
   }
-  const at::Tensor f = factors.to(math_dtype(x.scalar_type())).contiguous();
+  const at::Tensor f = math_factors(x, factors);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "droppath_scale_rows_cuda", [&] {
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const scalar_t* src = input.const_data_ptr<scalar_t>();
@@ -237,7 +236,7 @@ at::Tensor add_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
   if (numel == 0) {
     return out;
   }
-  const at::Tensor f = factors.to(math_dtype(branch.scalar_type())).contiguous();
+  const at::Tensor f = math_factors(branch, factors);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, res.scalar_type(), "droppath_add_rows_cuda", [&] {
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const scalar_t* r = res.const_data_ptr<scalar_t>();
