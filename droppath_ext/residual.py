@@ -70,8 +70,9 @@ def drop_path_residual(
     if not training or drop_prob == 0.0:
         return res + branch_fn(x)
     if not skip_dropped or _compiling():
+        res, branch = _aligned(res, branch_fn(x), x.shape[0])
         return functional.drop_path_add(
-            res, branch_fn(x), drop_prob, training, scale_by_keep, generator=generator
+            res, branch, drop_prob, training, scale_by_keep, generator=generator
         )
 
     backend = functional._backend
@@ -79,24 +80,28 @@ def drop_path_residual(
     kept = torch.nonzero(factors).squeeze(1)  # synchronises on CUDA: the count sets shapes
     n_kept = kept.numel()
     if n_kept == x.shape[0]:
-        return backend.add_rows(res, _checked(branch_fn(x), res), factors)
+        res, branch = _aligned(res, branch_fn(x), n_kept)
+        return backend.add_rows(res, branch, factors)
     if n_kept == 0:
         # Run the branch on zero samples so its parameters get (zero) gradients.
-        empty = branch_fn(x[:0])
-        return res + empty.sum().to(res.dtype) * 0
+        res, empty = _aligned(res, branch_fn(x[:0]), 0)
+        return res + empty.sum() * 0
     keep_prob = 1.0 - drop_prob
     scale = 1.0 / keep_prob if scale_by_keep else 1.0
-    branch = _checked(branch_fn(x.index_select(0, kept)), res, n_kept)
+    res, branch = _aligned(res, branch_fn(x.index_select(0, kept)), n_kept)
     return torch.index_add(res, 0, kept, branch, alpha=scale)
 
 
-def _checked(branch: Tensor, res: Tensor, batch: Optional[int] = None) -> Tensor:
-    expected = (res.shape[0] if batch is None else batch,) + tuple(res.shape[1:])
+def _aligned(res: Tensor, branch: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """Checks the branch output's shape (``batch`` samples shaped like the
+    residual's) and brings both to their promoted dtype, as
+    ``residual + drop_path(branch)`` would (e.g. a bfloat16 branch under
+    autocast added to a float32 residual), on every path alike."""
+    expected = (batch,) + tuple(res.shape[1:])
     if tuple(branch.shape) != expected:
         raise ValueError(
             f"branch_fn must return one output per sample shaped like the residual: "
             f"expected {expected}, got {tuple(branch.shape)}"
         )
-    if branch.dtype != res.dtype:
-        branch = branch.to(res.dtype)
-    return branch
+    dtype = torch.promote_types(res.dtype, branch.dtype)
+    return res.to(dtype), branch.to(dtype)

@@ -138,3 +138,19 @@ def test_compiled_falls_back_to_masked_form(backend):
         kept = (out - x).abs().amax(dim=(1, 2)) > 0
         torch.testing.assert_close(out[kept], x[kept] + full[kept] * 2, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out[~kept], x[~kept])
+
+
+@pytest.mark.parametrize("skip_dropped", [True, False])
+@pytest.mark.parametrize("drop_prob", [0.5, 1.0, 1e-9])
+@pytest.mark.parametrize(
+    "res_dtype, branch_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)]
+)
+def test_mixed_dtypes_promote_like_the_unfused_sum(backend, skip_dropped, drop_prob, res_dtype, branch_dtype):
+    """As `x + drop_path(branch)` does (e.g. a bf16 branch under autocast), on every path."""
+    x = torch.randn(16, 3, 6, dtype=res_dtype)
+    out = drop_path_residual(x, lambda t: (t * 2).to(branch_dtype), drop_prob, True, skip_dropped=skip_dropped)
+    assert out.dtype == torch.float32
+    kept = (out - x.float()).abs().amax(dim=(1, 2)) > 0
+    expected = x.float() + (x * 2).to(branch_dtype).float() / (1 - drop_prob)
+    torch.testing.assert_close(out[kept], expected[kept], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out[~kept], x.float()[~kept])
