@@ -38,19 +38,22 @@ def test_replaces_torchvision_stochastic_depth():
                    for m in model.modules())
 
 
+MODELS = {
+    "timm_vit": _vit,
+    "timm_convnext": lambda rate: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=rate),
+    "torchvision_convnext": lambda rate: torchvision.models.convnext_tiny(stochastic_depth_prob=rate),
+}
+
+
 @pytest.mark.parametrize(
-    "make, shape",
-    [
-        (_vit, (2, 3, 32, 32)),
-        (lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.3), (2, 3, 64, 64)),
-        (lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=0.3), (2, 3, 64, 64)),
-    ],
-    ids=["timm_vit", "timm_convnext", "torchvision_convnext"],
+    "name, rate, shape",
+    [("timm_vit", 0.4, (2, 3, 32, 32)), ("timm_convnext", 0.3, (2, 3, 64, 64)),
+     ("torchvision_convnext", 0.3, (2, 3, 64, 64))],
 )
 @pytest.mark.parametrize("fuse", [False, True])
-def test_eval_outputs_equal_the_original(make, shape, fuse):
+def test_eval_outputs_equal_the_original(name, rate, shape, fuse):
     torch.manual_seed(0)
-    original = make().eval()
+    original = MODELS[name](rate).eval()
     x = torch.randn(shape)
     with torch.no_grad():
         expected = original(x)
@@ -63,18 +66,14 @@ def test_eval_outputs_equal_the_original(make, shape, fuse):
 
 
 @pytest.mark.parametrize(
-    "make, shape",
-    [
-        (_vit, (32, 3, 32, 32)),
-        (lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.5), (16, 3, 32, 32)),
-        (lambda: torchvision.models.convnext_tiny(stochastic_depth_prob=0.5), (16, 3, 32, 32)),
-    ],
-    ids=["timm_vit", "timm_convnext", "torchvision_convnext"],
+    "name, rate, shape",
+    [("timm_vit", 0.4, (32, 3, 32, 32)), ("timm_convnext", 0.5, (16, 3, 32, 32)),
+     ("torchvision_convnext", 0.5, (16, 3, 32, 32))],
 )
-def test_fused_training_equals_masked_training_for_the_same_seed(make, shape):
+def test_fused_training_equals_masked_training_for_the_same_seed(name, rate, shape):
     torch.manual_seed(0)
-    masked = convert_model(make(), fuse_residual=True, skip_dropped=False).train()
-    skipping = convert_model(make(), fuse_residual=True).train()
+    masked = convert_model(MODELS[name](rate), fuse_residual=True, skip_dropped=False).train()
+    skipping = convert_model(MODELS[name](rate), fuse_residual=True).train()
     skipping.load_state_dict(masked.state_dict())
     x = torch.randn(shape)
     torch.manual_seed(5)
