@@ -1,6 +1,9 @@
 #include "checks.h"
 
+#include <ATen/core/TensorBody.h>
+#include <ATen/ops/_to_copy.h>
 #include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <cmath>
 #include <string>
@@ -28,6 +31,39 @@ std::string dtype_name(at::ScalarType dtype) {
   }
 }
 
+template <typename index_t>
+void check_offsets(const index_t* offsets, int64_t count, int64_t length) {
+  TORCH_CHECK_VALUE(offsets[0] == 0, "cu_seqlens must start at 0, got ",
+                    static_cast<int64_t>(offsets[0]));
+  for (int64_t i = 1; i < count; ++i) {
+    TORCH_CHECK_VALUE(offsets[i] >= offsets[i - 1],
+                      "cu_seqlens must be non-decreasing, got ",
+                      static_cast<int64_t>(offsets[i]), " after ",
+                      static_cast<int64_t>(offsets[i - 1]), " at index ", i);
+  }
+  TORCH_CHECK_VALUE(offsets[count - 1] == length,
+                    "cu_seqlens must end at the size of the batch dimension (",
+                    length, "), got ", static_cast<int64_t>(offsets[count - 1]));
+}
+
+// The last CUDA offsets tensor whose values passed, by identity and version.
+// A weak reference: it never keeps the tensor alive, and while it is held the
+// TensorImpl's memory is not reused, so a new tensor cannot look the same.
+struct CheckedOffsets {
+  c10::weak_intrusive_ptr<c10::TensorImpl> impl{c10::intrusive_ptr<c10::TensorImpl>()};
+  int64_t version = -1;
+  int64_t length = -1;
+};
+thread_local CheckedOffsets last_checked_offsets;
+
+bool already_checked(const at::Tensor& offsets, int64_t length) {
+  const CheckedOffsets& last = last_checked_offsets;
+  const auto impl = last.impl.lock();
+  return impl && impl.get() == offsets.unsafeGetTensorImpl() &&
+         last.version == static_cast<int64_t>(offsets._version()) &&
+         last.length == length;
+}
+
 }  // namespace
 
 void check_drop_prob(double drop_prob) {
@@ -43,7 +79,7 @@ void check_input(const at::Tensor& x, const char* name) {
                    name, " must be float16, bfloat16, float32 or float64, got ",
                    dtype_name(dtype));
   TORCH_CHECK_VALUE(x.dim() >= 1, name,
-                    " must have a batch dimension (dim 0), got a 0-dim tensor");
+                    " must have a batch dimension, got a 0-dim tensor");
 }
 
 void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
@@ -61,7 +97,59 @@ void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
                     residual.device(), " and ", branch.device());
 }
 
-void check_factors(const at::Tensor& x, const at::Tensor& factors) {
+int64_t normalize_batch_dim(const at::Tensor& x, int64_t batch_dim) {
+  const int64_t dims = x.dim();
+  TORCH_CHECK_INDEX(batch_dim >= -dims && batch_dim < dims,
+                    "batch_dim out of range (expected to be in range of [", -dims,
+                    ", ", dims - 1, "], but got ", batch_dim, ")");
+  return batch_dim < 0 ? batch_dim + dims : batch_dim;
+}
+
+void check_cu_seqlens(const at::Tensor& x, const std::optional<at::Tensor>& cu_seqlens) {
+  if (!cu_seqlens.has_value()) {
+    return;
+  }
+  const at::Tensor& offsets = *cu_seqlens;
+  TORCH_CHECK_VALUE(offsets.defined(), "cu_seqlens must be a defined tensor or None");
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong,
+                   "cu_seqlens must be torch.int32 or torch.int64, got ",
+                   dtype_name(offsets.scalar_type()));
+  TORCH_CHECK_VALUE(offsets.dim() == 1, "cu_seqlens must be 1-D, got shape ",
+                    offsets.sym_sizes());
+  TORCH_CHECK_VALUE(offsets.sym_size(0) >= 1,
+                    "cu_seqlens must hold n + 1 offsets for n samples, got an empty tensor");
+  TORCH_CHECK_VALUE(offsets.device() == x.device(),
+                    "cu_seqlens must be on the input's device ", x.device(), ", got ",
+                    offsets.device());
+}
+
+void check_cu_seqlens_values(const at::Tensor& cu_seqlens, int64_t length) {
+  const bool cacheable = !cu_seqlens.is_cpu() && !cu_seqlens.is_inference();
+  if (cacheable && already_checked(cu_seqlens, length)) {
+    return;
+  }
+  const at::Tensor host = cu_seqlens.is_cpu() ? cu_seqlens.contiguous()
+                                              : cu_seqlens.to(at::kCPU).contiguous();
+  const int64_t count = host.numel();
+  if (host.scalar_type() == at::kInt) {
+    check_offsets(host.const_data_ptr<int32_t>(), count, length);
+  } else {
+    check_offsets(host.const_data_ptr<int64_t>(), count, length);
+  }
+  if (cacheable) {
+    last_checked_offsets = {c10::weak_intrusive_ptr<c10::TensorImpl>(
+                                cu_seqlens.getIntrusivePtr()),
+                            static_cast<int64_t>(cu_seqlens._version()), length};
+  }
+}
+
+c10::SymInt sample_count(const at::Tensor& x, int64_t dim,
+                         const std::optional<at::Tensor>& cu_seqlens) {
+  return cu_seqlens.has_value() ? cu_seqlens->sym_size(0) - 1 : x.sym_size(dim);
+}
+
+void check_factors(const at::Tensor& x, int64_t dim, const at::Tensor& factors,
+                   const std::optional<at::Tensor>& cu_seqlens) {
   TORCH_CHECK_VALUE(factors.defined(), "factors must be a defined tensor");
   TORCH_CHECK_VALUE(factors.dim() == 1,
                     "factors must be 1-D (one value per sample), got shape ",
@@ -69,22 +157,101 @@ void check_factors(const at::Tensor& x, const at::Tensor& factors) {
   TORCH_CHECK_TYPE(at::isFloatingType(factors.scalar_type()),
                    "factors must be a floating tensor, got ",
                    dtype_name(factors.scalar_type()));
-  TORCH_CHECK_VALUE(factors.sym_size(0) == x.sym_size(0),
-                    "factors must have one value per sample: x has ",
-                    x.sym_size(0), " samples, factors has ", factors.sym_size(0));
+  const c10::SymInt samples = sample_count(x, dim, cu_seqlens);
+  TORCH_CHECK_VALUE(factors.sym_size(0) == samples,
+                    "factors must have one value per sample: the input has ", samples,
+                    " samples, factors has ", factors.sym_size(0));
   TORCH_CHECK_VALUE(factors.device() == x.device(),
                     "factors must be on the input's device ", x.device(),
                     ", got ", factors.device());
 }
 
+void check_rows(const at::Tensor& x, const at::Tensor& rows, const char* name,
+                const std::optional<c10::SymInt>& length) {
+  TORCH_CHECK_VALUE(rows.defined() && rows.dim() == 1, name, " must be a 1-D tensor");
+  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, name, " must be torch.int64, got ",
+                   dtype_name(rows.scalar_type()));
+  TORCH_CHECK_VALUE(!length.has_value() || rows.sym_size(0) == *length, name, " must have ",
+                    *length, " entries, got ", rows.sym_size(0));
+  TORCH_CHECK_VALUE(rows.device() == x.device(), name, " must be on the input's device ",
+                    x.device(), ", got ", rows.device());
+}
+
+void check_taken_pair(const at::Tensor& residual, const at::Tensor& branch, int64_t dim) {
+  TORCH_CHECK_TYPE(residual.scalar_type() == branch.scalar_type(),
+                   "residual and branch must have the same dtype, got ",
+                   dtype_name(residual.scalar_type()), " and ",
+                   dtype_name(branch.scalar_type()));
+  TORCH_CHECK_VALUE(residual.device() == branch.device(),
+                    "residual and branch must be on the same device, got ",
+                    residual.device(), " and ", branch.device());
+  bool same = residual.dim() == branch.dim();
+  for (int64_t d = 0; same && d < residual.dim(); ++d) {
+    same = d == dim || residual.sym_size(d) == branch.sym_size(d);
+  }
+  TORCH_CHECK_VALUE(same, "branch must have the residual's shape except along dim ", dim,
+                    ", got ", residual.sym_sizes(), " and ", branch.sym_sizes());
+}
+
+int64_t check_scale_rows_args(const at::Tensor& x, const at::Tensor& factors,
+                              int64_t batch_dim,
+                              const std::optional<at::Tensor>& cu_seqlens) {
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
+  check_factors(x, dim, factors, cu_seqlens);
+  return dim;
+}
+
+int64_t check_add_rows_args(const at::Tensor& residual, const at::Tensor& branch,
+                            const at::Tensor& factors, int64_t batch_dim,
+                            const std::optional<at::Tensor>& cu_seqlens) {
+  check_pair(residual, branch);
+  const int64_t dim = normalize_batch_dim(branch, batch_dim);
+  check_cu_seqlens(branch, cu_seqlens);
+  check_factors(branch, dim, factors, cu_seqlens);
+  return dim;
+}
+
+int64_t check_take_rows_args(const at::Tensor& x, const at::Tensor& rows,
+                             const at::Tensor& inverse_rows,
+                             const std::optional<at::Tensor>& factors, int64_t batch_dim) {
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_rows(x, rows, "rows");
+  check_rows(x, inverse_rows, "inverse_rows", x.sym_size(dim));
+  if (factors.has_value()) {
+    check_factors(x, dim, *factors, std::nullopt);
+  }
+  return dim;
+}
+
+int64_t check_add_taken_rows_args(const at::Tensor& residual, const at::Tensor& branch,
+                                  const at::Tensor& factors, const at::Tensor& rows,
+                                  const at::Tensor& inverse_rows, int64_t batch_dim) {
+  check_input(residual, "residual");
+  check_input(branch, "branch");
+  const int64_t dim = normalize_batch_dim(residual, batch_dim);
+  check_taken_pair(residual, branch, dim);
+  check_factors(residual, dim, factors, std::nullopt);
+  check_rows(residual, rows, "rows", residual.sym_size(dim));
+  check_rows(residual, inverse_rows, "inverse_rows", branch.sym_size(dim));
+  return dim;
+}
+
 void check_generator(const at::Tensor& x,
                      const std::optional<at::Generator>& generator) {
-  if (generator.has_value() && generator->defined()) {
-    TORCH_CHECK_VALUE(generator->device().type() == x.device().type(),
-                      "generator must be on the input's device type ",
-                      x.device().type(), ", got a generator on ",
-                      generator->device());
+  if (!generator.has_value() || !generator->defined()) {
+    return;
   }
+  const c10::Device gen_device = generator->device();
+  const c10::Device x_device = x.device();
+  // A generator without an index (e.g. the CPU one) matches any index.
+  TORCH_CHECK_VALUE(gen_device.type() == x_device.type() &&
+                        (!gen_device.has_index() || !x_device.has_index() ||
+                         gen_device.index() == x_device.index()),
+                    "generator must be on the input's device ", x_device,
+                    ", got a generator on ", gen_device);
 }
 
 at::ScalarType math_dtype(at::ScalarType dtype) {
@@ -93,11 +260,6 @@ at::ScalarType math_dtype(at::ScalarType dtype) {
 
 at::Tensor math_factors(const at::Tensor& x, const at::Tensor& factors) {
   return factors.to(math_dtype(x.scalar_type())).contiguous();
-}
-
-double kept_factor(double drop_prob, bool scale_by_keep) {
-  const double keep_prob = 1.0 - drop_prob;
-  return (scale_by_keep && keep_prob > 0.0) ? 1.0 / keep_prob : 1.0;
 }
 
 }  // namespace droppath

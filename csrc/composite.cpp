@@ -1,7 +1,16 @@
-// The public ops, built from the private ones for every backend at once:
-// validation first (before any shortcut, as torchvision does), then the
-// identity / plain-add shortcut, then sample factors and apply them. Also
-// the backend-free diagnostics op.
+// The ops built from other ops, for every backend at once
+// (CompositeImplicitAutograd: autograd, vmap and tracing see what they call):
+//
+// - forward / add: validation first (before any shortcut, as torchvision
+//   does), then the identity / plain-add shortcut, then sample the factors
+//   and apply them with the deterministic _scale_rows / _add_rows.
+// - _sample_factors: timm's own draw, `x.new_empty(n).bernoulli_(keep_prob)
+//   .div_(keep_prob)`, in x's math dtype. Calling ATen's bernoulli_ rather than
+//   a kernel of ours gives the same masks as timm on every device and CPU
+//   vendor (ATen takes an MKL path on Intel), the same f32/f64 factors bit for
+//   bit, and ATen's vmap randomness rules (error / same / different); new_empty
+//   keeps the factors batched under vmap.
+// - the backend-free diagnostics op.
 #include <ATen/ops/add.h>
 #include <torch/library.h>
 
@@ -12,32 +21,73 @@
 namespace droppath {
 namespace {
 
-at::Tensor forward_composite(const at::Tensor& x, double drop_prob,
-                             bool training, bool scale_by_keep,
+// The draw itself, arguments already checked. Below autograd: the factors are
+// never differentiable, and the three ops skip a dispatch layer each.
+at::Tensor draw_factors(const at::Tensor& x, double drop_prob, bool scale_by_keep, int64_t dim,
+                        const std::optional<at::Tensor>& cu_seqlens,
+                        std::optional<at::Generator> generator) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const double keep_prob = 1.0 - drop_prob;
+  const at::ScalarType math = math_dtype(x.scalar_type());
+  // bernoulli_ compares in float for a float32 tensor on CUDA: a keep_prob
+  // that rounds to 1.0f (drop_prob < ~3e-8) would never drop there. Such a
+  // draw is made in float64, as on the CPU.
+  const bool float_rounds_to_one =
+      x.is_cuda() && math != at::kDouble && keep_prob < 1.0 && static_cast<float>(keep_prob) == 1.0f;
+  const at::ScalarType draw = float_rounds_to_one ? at::kDouble : math;
+  at::Tensor factors =
+      x.new_empty_symint({sample_count(x, dim, cu_seqlens)}, x.options().dtype(draw));
+  factors.bernoulli_(keep_prob, std::move(generator));
+  if (scale_by_keep && keep_prob > 0.0) {
+    factors.div_(keep_prob);
+  }
+  return draw == math ? factors : factors.to(math);
+}
+
+at::Tensor sample_factors_composite(const at::Tensor& x, double drop_prob, bool scale_by_keep,
+                                    int64_t batch_dim,
+                                    const std::optional<at::Tensor>& cu_seqlens,
+                                    std::optional<at::Generator> generator) {
+  check_drop_prob(drop_prob);
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
+  check_generator(x, generator);
+  return draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, std::move(generator));
+}
+
+at::Tensor forward_composite(const at::Tensor& x, double drop_prob, bool training,
+                             bool scale_by_keep, int64_t batch_dim,
+                             const std::optional<at::Tensor>& cu_seqlens,
                              std::optional<at::Generator> generator) {
   check_drop_prob(drop_prob);
   check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
   check_generator(x, generator);
   if (!training || drop_prob == 0.0) {
     return x;
   }
-  const at::Tensor factors =
-      sample_factors(x, drop_prob, scale_by_keep, std::move(generator));
-  return scale_rows(x, factors);
+  const at::Tensor factors = draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens,
+                                          std::move(generator));
+  return scale_rows(x, factors, dim, cu_seqlens);
 }
 
-at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch,
-                         double drop_prob, bool training, bool scale_by_keep,
+at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch, double drop_prob,
+                         bool training, bool scale_by_keep, int64_t batch_dim,
+                         const std::optional<at::Tensor>& cu_seqlens,
                          std::optional<at::Generator> generator) {
   check_drop_prob(drop_prob);
   check_pair(residual, branch);
+  const int64_t dim = normalize_batch_dim(branch, batch_dim);
+  check_cu_seqlens(branch, cu_seqlens);
   check_generator(branch, generator);
   if (!training || drop_prob == 0.0) {
     return at::add(residual, branch);
   }
-  const at::Tensor factors =
-      sample_factors(branch, drop_prob, scale_by_keep, std::move(generator));
-  return add_rows(residual, branch, factors);
+  const at::Tensor factors = draw_factors(branch, drop_prob, scale_by_keep, dim, cu_seqlens,
+                                          std::move(generator));
+  return add_rows(residual, branch, factors, dim, cu_seqlens);
 }
 
 std::string cpu_kernel_capability() {
@@ -49,7 +99,18 @@ std::string cpu_kernel_capability() {
 TORCH_LIBRARY_IMPL(droppath, CompositeImplicitAutograd, m) {
   m.impl("forward", &forward_composite);
   m.impl("add", &add_composite);
+  m.impl("_sample_factors", &sample_factors_composite);
   m.impl("_cpu_kernel_capability", &cpu_kernel_capability);
+}
+
+// vmap dispatches to FuncTorchBatched, which the composite kernels above do
+// not cover: without these, a vmapped call would run slice by slice (and draw
+// per slice even with randomness="same"). Decomposed, vmap sees bernoulli_ and
+// the deterministic ops, which have batching rules.
+TORCH_LIBRARY_IMPL(droppath, FuncTorchBatchedDecomposition, m) {
+  m.impl("forward", &forward_composite);
+  m.impl("add", &add_composite);
+  m.impl("_sample_factors", &sample_factors_composite);
 }
 
 }  // namespace droppath

@@ -5,11 +5,18 @@ Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
 :func:`convert_model`, :func:`backend`.
 """
 
+from . import _library
 from ._library import backend, backend_reason
 from .convert import ConversionReport, convert_model
 from .functional import drop_path, drop_path_add, stochastic_depth
 from .modules import DropPath, StochasticDepth
 from .residual import drop_path_residual
+
+if _library.LOADED:
+    from . import _inductor, _vmap
+
+    _vmap.register()
+    _inductor.register()
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,7 @@
-"""The compiled backend: the same functions as ``_reference``, calling ``torch.ops.droppath``."""
+"""The compiled backend: the same functions as ``_reference``, calling ``torch.ops.droppath``.
+
+TorchScript-compatible, so modules calling these script straight to the ops.
+"""
 
 from typing import Optional
 
@@ -7,17 +10,55 @@ from torch import Tensor
 
 
 def sample_factors(
-    x: Tensor, drop_prob: float, scale_by_keep: bool, generator: Optional[torch.Generator] = None
+    x: Tensor,
+    drop_prob: float,
+    scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    return torch.ops.droppath._sample_factors(x, drop_prob, scale_by_keep, generator=generator)
+    return torch.ops.droppath._sample_factors(
+        x, drop_prob, scale_by_keep, batch_dim, cu_seqlens, generator=generator
+    )
 
 
-def scale_rows(x: Tensor, factors: Tensor) -> Tensor:
-    return torch.ops.droppath._scale_rows(x, factors)
+def scale_rows(
+    x: Tensor, factors: Tensor, batch_dim: int = 0, cu_seqlens: Optional[Tensor] = None
+) -> Tensor:
+    return torch.ops.droppath._scale_rows(x, factors, batch_dim, cu_seqlens)
 
 
-def add_rows(residual: Tensor, branch: Tensor, factors: Tensor) -> Tensor:
-    return torch.ops.droppath._add_rows(residual, branch, factors)
+def add_rows(
+    residual: Tensor,
+    branch: Tensor,
+    factors: Tensor,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
+) -> Tensor:
+    return torch.ops.droppath._add_rows(residual, branch, factors, batch_dim, cu_seqlens)
+
+
+def take_rows(
+    x: Tensor,
+    rows: Tensor,
+    inverse_rows: Tensor,
+    factors: Optional[Tensor] = None,
+    batch_dim: int = 0,
+) -> Tensor:
+    return torch.ops.droppath._take_rows(x, rows, inverse_rows, factors, batch_dim)
+
+
+def add_taken_rows(
+    residual: Tensor,
+    branch: Tensor,
+    factors: Tensor,
+    rows: Tensor,
+    inverse_rows: Tensor,
+    batch_dim: int = 0,
+) -> Tensor:
+    return torch.ops.droppath._add_taken_rows(
+        residual, branch, factors, rows, inverse_rows, batch_dim
+    )
 
 
 def forward(
@@ -25,9 +66,17 @@ def forward(
     drop_prob: float,
     training: bool,
     scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    return torch.ops.droppath.forward(x, drop_prob, training, scale_by_keep, generator=generator)
+    if batch_dim == 0 and cu_seqlens is None and generator is None:
+        # Keyword arguments cost the op call about a microsecond to bind.
+        return torch.ops.droppath.forward(x, drop_prob, training, scale_by_keep)
+    return torch.ops.droppath.forward(
+        x, drop_prob, training, scale_by_keep,
+        batch_dim=batch_dim, cu_seqlens=cu_seqlens, generator=generator,
+    )
 
 
 def add(
@@ -36,8 +85,13 @@ def add(
     drop_prob: float,
     training: bool,
     scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
+    if batch_dim == 0 and cu_seqlens is None and generator is None:
+        return torch.ops.droppath.add(residual, branch, drop_prob, training, scale_by_keep)
     return torch.ops.droppath.add(
-        residual, branch, drop_prob, training, scale_by_keep, generator=generator
+        residual, branch, drop_prob, training, scale_by_keep,
+        batch_dim=batch_dim, cu_seqlens=cu_seqlens, generator=generator,
     )

@@ -1,10 +1,16 @@
-"""The semantics in pure torch: the fallback backend and the tests' oracle.
+"""The semantics in pure torch: the fallback backend, the tests' oracle, and
+(the unchecked ``_scale`` / ``_add``) the pointwise form Inductor compiles.
 
 Same functions, arguments and errors as ``_compiled``; everything here is
 TorchScript-compatible so ``torch.jit.script(DropPath(...))`` works on this
-path too. Arithmetic is done as the kernels do it: in float32 (float64 for
+path too. Factors are drawn exactly as the compiled op draws them (and as
+timm does): ``new_empty(n).bernoulli_(keep_prob).div_(keep_prob)`` in the
+math dtype. Arithmetic is done as the kernels do it: in float32 (float64 for
 float64 inputs), rounded once to the input dtype; a dropped sample is exactly
 zero (its branch is not used, so even a non-finite value there gives 0).
+
+A sample is one index along ``batch_dim``, or with ``cu_seqlens`` (n + 1
+offsets along ``batch_dim``) one segment of a packed batch.
 """
 
 from typing import List, Optional
@@ -12,48 +18,183 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from ._validation import check_drop_prob, check_input, check_pair
-
+from ._validation import (
+    check_cu_seqlens,
+    check_cu_seqlens_values,
+    check_drop_prob,
+    check_generator,
+    check_input,
+    check_pair,
+    normalize_batch_dim,
+)
 
 def _math_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _per_sample(factors: Tensor, ndim: int) -> Tensor:
-    shape: List[int] = [factors.shape[0]] + [1] * (ndim - 1)
-    return factors.reshape(shape)
+def _along(values: Tensor, dim: int, ndim: int) -> Tensor:
+    """A 1-D tensor shaped to broadcast along ``dim`` of an ``ndim``-dim tensor."""
+    shape: List[int] = [1] * ndim
+    shape[dim] = values.shape[0]
+    return values.reshape(shape)
 
 
-def sample_factors(
-    x: Tensor, drop_prob: float, scale_by_keep: bool, generator: Optional[torch.Generator] = None
-) -> Tensor:
-    """One factor per sample of ``x``: 0 with probability ``drop_prob``, else 1/keep_prob (or 1)."""
-    check_drop_prob(drop_prob)
-    check_input(x, "x")
-    keep_prob = 1.0 - drop_prob
-    factors = torch.empty(x.shape[0], dtype=_math_dtype(x), device=x.device)
-    factors.bernoulli_(keep_prob, generator=generator)
-    if scale_by_keep and keep_prob > 0.0:
-        factors.mul_(1.0 / keep_prob)
-    return factors
+def _index_factors(factors: Tensor, length: int, cu_seqlens: Optional[Tensor]) -> Tensor:
+    """One factor per index along the batch dim: each segment's factor over its range."""
+    if cu_seqlens is None:
+        return factors
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    return torch.repeat_interleave(factors, lengths, output_size=length)
 
 
-def scale_rows(x: Tensor, factors: Tensor) -> Tensor:
-    """``out[b] = x[b] * factors[b]``."""
-    check_input(x, "x")
-    f = _per_sample(factors.to(_math_dtype(x)), x.dim())
+def _scale(x: Tensor, factors: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> Tensor:
+    f = _index_factors(factors.to(_math_dtype(x)), x.shape[dim], cu_seqlens)
+    f = _along(f, dim, x.dim())
     # A 0-dim zero tensor, not the scalar 0.0: torch.where with a scalar
     # operand takes a slow unvectorised path (about 10x here).
     zero = torch.zeros((), dtype=f.dtype, device=x.device)
     return torch.where(f != 0, x.to(f.dtype) * f, zero).to(x.dtype)
 
 
-def add_rows(residual: Tensor, branch: Tensor, factors: Tensor) -> Tensor:
-    """``out[b] = residual[b] + branch[b] * factors[b]``."""
-    check_pair(residual, branch)
-    f = _per_sample(factors.to(_math_dtype(residual)), residual.dim())
+def _add(
+    residual: Tensor, branch: Tensor, factors: Tensor, dim: int, cu_seqlens: Optional[Tensor]
+) -> Tensor:
+    f = _index_factors(factors.to(_math_dtype(residual)), residual.shape[dim], cu_seqlens)
+    f = _along(f, dim, residual.dim())
     res = residual.to(f.dtype)
     return torch.where(f != 0, res + branch.to(f.dtype) * f, res).to(residual.dtype)
+
+
+def _check_factors(factors: Tensor, samples: int) -> None:
+    if factors.dim() != 1:
+        raise ValueError(f"factors must be 1-D (one value per sample), got shape {list(factors.shape)}")
+    if factors.shape[0] != samples:
+        raise ValueError(
+            f"factors must have one value per sample: the input has {samples} samples, "
+            f"factors has {factors.shape[0]}"
+        )
+
+
+def _check_rows(rows: Tensor, name: str, length: int) -> None:
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise TypeError(f"{name} must be a 1-D torch.int64 tensor, got {rows.dtype} of shape {list(rows.shape)}")
+    if length >= 0 and rows.shape[0] != length:
+        raise ValueError(f"{name} must have {length} entries, got {rows.shape[0]}")
+
+
+def _samples(x: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> int:
+    return cu_seqlens.shape[0] - 1 if cu_seqlens is not None else x.shape[dim]
+
+
+def _checked_dim(x: Tensor, batch_dim: int, cu_seqlens: Optional[Tensor]) -> int:
+    dim = normalize_batch_dim(x.dim(), batch_dim)
+    check_cu_seqlens(x, cu_seqlens)
+    return dim
+
+
+def sample_factors(
+    x: Tensor,
+    drop_prob: float,
+    scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """One factor per sample of ``x``: 0 with probability ``drop_prob``, else 1/keep_prob (or 1)."""
+    check_drop_prob(drop_prob)
+    check_input(x, "x")
+    dim = _checked_dim(x, batch_dim, cu_seqlens)
+    check_generator(x, generator)
+    keep_prob = 1.0 - drop_prob
+    math = _math_dtype(x)
+    draw = math
+    # float32 rounds 1 - p to exactly 1.0 for p <= 2**-25: such a draw is made
+    # in float64 on CUDA, where bernoulli_ compares in the tensor's precision.
+    if x.is_cuda and math != torch.float64 and keep_prob < 1.0 and drop_prob <= 2.0**-25:
+        draw = torch.float64
+    factors = x.new_empty([_samples(x, dim, cu_seqlens)], dtype=draw)
+    factors.bernoulli_(keep_prob, generator=generator)
+    if scale_by_keep and keep_prob > 0.0:
+        factors.div_(keep_prob)
+    return factors.to(math)
+
+
+def scale_rows(
+    x: Tensor, factors: Tensor, batch_dim: int = 0, cu_seqlens: Optional[Tensor] = None
+) -> Tensor:
+    """Each sample of ``x`` multiplied by its factor (exactly 0 where the factor is 0)."""
+    check_input(x, "x")
+    dim = _checked_dim(x, batch_dim, cu_seqlens)
+    _check_factors(factors, _samples(x, dim, cu_seqlens))
+    if cu_seqlens is not None:
+        check_cu_seqlens_values(cu_seqlens, x.shape[dim])
+    return _scale(x, factors, dim, cu_seqlens)
+
+
+def add_rows(
+    residual: Tensor,
+    branch: Tensor,
+    factors: Tensor,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
+) -> Tensor:
+    """``residual + scale_rows(branch, factors)``, the branch unused where a factor is 0."""
+    check_pair(residual, branch)
+    dim = _checked_dim(branch, batch_dim, cu_seqlens)
+    _check_factors(factors, _samples(branch, dim, cu_seqlens))
+    if cu_seqlens is not None:
+        check_cu_seqlens_values(cu_seqlens, branch.shape[dim])
+    return _add(residual, branch, factors, dim, cu_seqlens)
+
+
+def take_rows(
+    x: Tensor,
+    rows: Tensor,
+    inverse_rows: Tensor,
+    factors: Optional[Tensor] = None,
+    batch_dim: int = 0,
+) -> Tensor:
+    """The rows of ``x`` that ``rows`` names (zeros for -1), times their factors if given."""
+    check_input(x, "x")
+    dim = normalize_batch_dim(x.dim(), batch_dim)
+    count = x.shape[dim]
+    _check_rows(rows, "rows", -1)
+    _check_rows(inverse_rows, "inverse_rows", count)
+    valid = (rows >= 0) & (rows < count)
+    if count == 0:
+        shape: List[int] = list(x.shape)
+        shape[dim] = rows.shape[0]
+        return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    safe = torch.where(valid, rows, torch.zeros_like(rows))
+    scale = valid.to(_math_dtype(x))
+    if factors is not None:
+        _check_factors(factors, count)
+        scale = scale * factors.to(scale.dtype).index_select(0, safe)
+    return _scale(x.index_select(dim, safe), scale, dim, None)
+
+
+def add_taken_rows(
+    residual: Tensor,
+    branch: Tensor,
+    factors: Tensor,
+    rows: Tensor,
+    inverse_rows: Tensor,
+    batch_dim: int = 0,
+) -> Tensor:
+    """``residual`` plus, at each row ``b`` with ``rows[b] >= 0``, ``branch[rows[b]] * factors[b]``."""
+    check_input(residual, "residual")
+    check_input(branch, "branch")
+    dim = normalize_batch_dim(residual.dim(), batch_dim)
+    count = branch.shape[dim]
+    _check_factors(factors, residual.shape[dim])
+    _check_rows(rows, "rows", residual.shape[dim])
+    _check_rows(inverse_rows, "inverse_rows", count)
+    valid = (rows >= 0) & (rows < count)
+    f = torch.where(valid, factors.to(_math_dtype(residual)), torch.zeros((), device=factors.device))
+    if count == 0:
+        return residual.clone()
+    gathered = branch.index_select(dim, torch.where(valid, rows, torch.zeros_like(rows)))
+    return _add(residual, gathered, f, dim, None)
 
 
 def forward(
@@ -61,14 +202,19 @@ def forward(
     drop_prob: float,
     training: bool,
     scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """timm's ``drop_path``; see :func:`droppath_ext.drop_path`."""
     check_drop_prob(drop_prob)
     check_input(x, "x")
+    dim = _checked_dim(x, batch_dim, cu_seqlens)
+    check_generator(x, generator)
     if not training or drop_prob == 0.0:
         return x
-    return scale_rows(x, sample_factors(x, drop_prob, scale_by_keep, generator))
+    factors = sample_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
+    return scale_rows(x, factors, dim, cu_seqlens)
 
 
 def add(
@@ -77,12 +223,16 @@ def add(
     drop_prob: float,
     training: bool,
     scale_by_keep: bool,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """``residual + drop_path(branch)``; see :func:`droppath_ext.drop_path_add`."""
     check_drop_prob(drop_prob)
     check_pair(residual, branch)
+    dim = _checked_dim(branch, batch_dim, cu_seqlens)
+    check_generator(branch, generator)
     if not training or drop_prob == 0.0:
         return residual + branch
-    factors = sample_factors(branch, drop_prob, scale_by_keep, generator)
-    return add_rows(residual, branch, factors)
+    factors = sample_factors(branch, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
+    return add_rows(residual, branch, factors, dim, cu_seqlens)

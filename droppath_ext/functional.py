@@ -24,29 +24,40 @@ def drop_path(
     training: bool = False,
     scale_by_keep: bool = True,
     *,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """Drop whole samples of ``x`` (stochastic depth), as timm's ``drop_path``.
 
     Identity when ``training`` is False or ``drop_prob == 0``. Otherwise each
-    sample ``x[b]`` (dim 0) is kept with probability ``keep_prob = 1 - drop_prob``
-    and multiplied by ``1 / keep_prob`` (by 1 when ``scale_by_keep`` is False);
-    dropped samples are exactly zero. ``drop_prob == 1`` gives all zeros.
+    sample is kept with probability ``keep_prob = 1 - drop_prob`` and multiplied
+    by ``1 / keep_prob`` (by 1 when ``scale_by_keep`` is False); dropped samples
+    are exactly zero. ``drop_prob == 1`` gives all zeros.
 
     Args:
-        x: float16/bfloat16/float32/float64 tensor with a batch dimension first.
+        x: float16/bfloat16/float32/float64 tensor with a batch dimension.
         drop_prob: probability of dropping a sample, in [0, 1].
         training: apply the drop (True) or return ``x`` unchanged (False).
         scale_by_keep: rescale kept samples by ``1 / keep_prob``.
+        batch_dim: the dim that indexes samples (negative counts from the
+            end), e.g. 1 for sequence-first ``[seq, batch, hidden]`` tensors.
+        cu_seqlens: for a packed batch (``[total_tokens, ...]`` along
+            ``batch_dim``): int32/int64 offsets ``0 = c[0] <= ... <= c[n] =
+            x.shape[batch_dim]``; sample ``i`` is ``[c[i], c[i + 1])``, one draw
+            each, empty samples allowed.
         generator: random generator to draw from (default: torch's default one
             for ``x``'s device, so ``torch.manual_seed`` reproduces the draw).
 
     Raises:
         ValueError: ``drop_prob`` outside [0, 1] or NaN (checked even when not
-            training), or a 0-dim ``x``.
-        TypeError: ``x`` is not a floating tensor of a supported dtype.
+            training), a 0-dim ``x``, or bad ``cu_seqlens`` (not 1-D, empty, on
+            another device; offsets not from 0 to the dim's size, decreasing).
+        TypeError: ``x`` is not a floating tensor of a supported dtype, or
+            ``cu_seqlens`` is not int32/int64.
+        IndexError: ``batch_dim`` out of range.
     """
-    return _backend.forward(x, drop_prob, training, scale_by_keep, generator)
+    return _backend.forward(x, drop_prob, training, scale_by_keep, batch_dim, cu_seqlens, generator)
 
 
 def drop_path_add(
@@ -56,6 +67,8 @@ def drop_path_add(
     training: bool = False,
     scale_by_keep: bool = True,
     *,
+    batch_dim: int = 0,
+    cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """``residual + drop_path(branch, ...)`` in one pass over memory.
@@ -64,7 +77,9 @@ def drop_path_add(
     have the same shape, dtype and device. Arguments and errors as in
     :func:`drop_path`.
     """
-    return _backend.add(residual, branch, drop_prob, training, scale_by_keep, generator)
+    return _backend.add(
+        residual, branch, drop_prob, training, scale_by_keep, batch_dim, cu_seqlens, generator
+    )
 
 
 def stochastic_depth(input: Tensor, p: float, mode: str, training: bool = True) -> Tensor:
@@ -85,15 +100,15 @@ def stochastic_depth(input: Tensor, p: float, mode: str, training: bool = True) 
     if not training or p == 0.0:
         return input
     if mode == "row":
-        return _backend.forward(input, p, training, True, None)
+        return _backend.forward(input, p, training, True, 0, None, None)
     # One draw for the whole batch, shared by every sample.
-    factors = _backend.sample_factors(input.narrow(0, 0, min(1, input.shape[0])), p, True, None)
-    return _backend.scale_rows(input, factors.expand(input.shape[0]))
+    factors = _backend.sample_factors(input.narrow(0, 0, min(1, input.shape[0])), p, True, 0, None, None)
+    return _backend.scale_rows(input, factors.expand(input.shape[0]), 0, None)
 
 
 def _register_script_builtins() -> None:
     """Let ``torch.jit.script`` compile calls to the public functions straight
-    to the ops (their keyword-only ``generator`` is otherwise unscriptable)."""
+    to the ops (their keyword-only arguments are otherwise unscriptable)."""
     try:
         from torch.jit._builtins import _register_builtin
     except ImportError:  # private API: without it, use the modules in scripts

@@ -11,26 +11,33 @@ class DropPath(nn.Module):
     """Drop whole samples of the input in training (stochastic depth).
 
     A drop-in for ``timm.layers.DropPath``: same arguments, attributes
-    (``drop_prob``, ``scale_by_keep``) and repr. See :func:`droppath_ext.drop_path`.
+    (``drop_prob``, ``scale_by_keep``) and repr. ``drop_prob`` may be changed
+    at any time (a drop-rate schedule). See :func:`droppath_ext.drop_path`.
 
     Args:
         drop_prob: probability of dropping each sample, in [0, 1].
         scale_by_keep: rescale kept samples by ``1 / (1 - drop_prob)``.
+        batch_dim: the dim that indexes samples, e.g. 1 for sequence-first
+            ``[seq, batch, hidden]`` activations.
     """
 
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True, batch_dim: int = 0) -> None:
         super().__init__()
         check_drop_prob(float(drop_prob))
         self.drop_prob = float(drop_prob)
         self.scale_by_keep = scale_by_keep
+        self.batch_dim = int(batch_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         # The backend directly, not F.drop_path: TorchScript cannot compile
         # keyword-only arguments, and this keeps the module scriptable on both paths.
-        return F._backend.forward(x, self.drop_prob, self.training, self.scale_by_keep, None)
+        return F._backend.forward(
+            x, self.drop_prob, self.training, self.scale_by_keep, self.batch_dim, None, None
+        )
 
     def extra_repr(self) -> str:
-        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+        text = f"drop_prob={round(self.drop_prob, 3):0.3f}"
+        return text if self.batch_dim == 0 else f"{text}, batch_dim={self.batch_dim}"
 
 
 class StochasticDepth(nn.Module):

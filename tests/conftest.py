@@ -37,6 +37,15 @@ def dtype(request):
     return request.param
 
 
+def import_or_skip(name: str):
+    """pytest.importorskip for any failure, not only ImportError: a broken
+    install (e.g. a torchvision built for another torch) skips, it does not fail."""
+    try:
+        return __import__(name, fromlist=["_"])
+    except Exception as error:  # noqa: BLE001 - any import failure means "not usable here"
+        pytest.skip(f"{name} is not importable: {type(error).__name__}: {error}", allow_module_level=True)
+
+
 def requires_compiled():
     return pytest.mark.skipif(not _library.LOADED, reason=f"compiled library not loaded: {_library.REASON}")
 
@@ -68,4 +77,6 @@ def _seed():
     yield
 
 
-__all__ = ["droppath_ext", "expected_drop_path", "kept_mask", "nonzero_input", "requires_compiled"]
+__all__ = [
+    "droppath_ext", "expected_drop_path", "import_or_skip", "kept_mask", "nonzero_input", "requires_compiled",
+]

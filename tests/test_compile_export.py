@@ -87,3 +87,56 @@ def test_export_eval_mode_is_identity_branch_free():
     exported = torch.export.export(block, (torch.randn(8, 16),))
     x = torch.randn(8, 16)
     torch.testing.assert_close(exported.module()(x), block(x))
+
+
+class _LayerScaleBlock(torch.nn.Module):
+    """A residual branch with layer scale, as in a ViT block: Inductor should fuse
+    the scale, the drop factor and the residual add into one pointwise kernel."""
+
+    def __init__(self, fused):
+        super().__init__()
+        self.fc = torch.nn.Linear(16, 16)
+        self.gamma = torch.nn.Parameter(torch.full((16,), 0.1))
+        self.fused = fused
+        self.drop = dp.DropPath(0.4)
+
+    def forward(self, x):
+        branch = self.fc(x) * self.gamma
+        if self.fused:
+            return dp.drop_path_add(x, branch, 0.4, self.training, batch_dim=0)
+        return x + self.drop(branch)
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="the decomposition is of the compiled ops")
+@pytest.mark.parametrize("fused", [False, True])
+def test_inductor_fuses_the_ops_instead_of_calling_them(fused):
+    """Under Inductor _scale_rows / _add_rows are decomposed into pointwise
+    ops: the generated code (forward and backward) calls no droppath kernel."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    block = _LayerScaleBlock(fused).train()
+    compiled = torch.compile(block, fullgraph=True, backend="inductor")
+    x = torch.randn(64, 16, requires_grad=True)
+
+    def step():
+        out = compiled(x)
+        out.sum().backward()
+        return out
+
+    # Inductor's on-disk caches would replay code compiled in another process.
+    with torch._inductor.config.patch(fx_graph_cache=False, fx_graph_remote_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        out, code = run_and_get_code(step)
+    text = "\n".join(code)
+    assert "torch.ops.droppath" not in text and "droppath._scale_rows(" not in text
+    assert "droppath._add_rows(" not in text
+    _check_layer_scale(block, x.detach(), out.detach())
+
+
+def _check_layer_scale(block, x, out):
+    with torch.no_grad():
+        branch = block.fc(x) * block.gamma
+        dropped = (out - x).abs().amax(dim=1) == 0
+        assert dropped.any() and (~dropped).any()
+        torch.testing.assert_close(out[~dropped], x[~dropped] + branch[~dropped] / 0.6, rtol=1e-5, atol=1e-5)

@@ -66,13 +66,19 @@ def test_add_device_mismatch(backend):
         dp.drop_path_add(torch.randn(4, 3), torch.randn(4, 3, device="cuda"), 0.5, training=True)
 
 
-@requires_compiled()
-def test_generator_on_wrong_device_is_rejected():
-    gen = torch.Generator(device="meta") if False else None
+def test_generator_on_another_device_type_is_rejected(backend):
     x = torch.randn(4, 3, device="meta")
-    with pytest.raises(ValueError, match="generator must be on the input's device type"):
-        torch.ops.droppath.forward(x, 0.5, True, True, generator=torch.Generator())
-    del gen
+    with pytest.raises(ValueError, match="generator must be on the input's device meta, got a generator on cpu"):
+        dp.drop_path(x, 0.5, True, generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator must be on the input's device"):
+        dp.drop_path_add(x, x, 0.5, True, generator=torch.Generator())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_generator_on_another_gpu_is_rejected(backend):
+    x = torch.randn(4, 3, device="cuda:0")
+    with pytest.raises(ValueError, match="generator must be on the input's device cuda:0, got a generator on cuda:1"):
+        dp.drop_path(x, 0.5, True, generator=torch.Generator(device="cuda:1"))
 
 
 @requires_compiled()

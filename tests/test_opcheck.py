@@ -73,3 +73,45 @@ def test_opcheck_public_ops(device, training, drop_prob):
 def test_random_op_is_tagged_nondeterministic_seeded():
     assert torch.Tag.nondeterministic_seeded in torch.ops.droppath._sample_factors.default.tags
     assert torch.Tag.nondeterministic_seeded not in torch.ops.droppath._scale_rows.default.tags
+
+
+def _strided_cases():
+    yield torch.empty_strided((4, 1, 5), (5, 7, 1)).normal_()  # a size-1 dim with an odd stride
+    yield torch.empty(0, 3)
+    yield torch.empty(3, 0, 2).transpose(0, 2)
+    yield torch.empty(2, 0, 4).contiguous(memory_format=torch.contiguous_format)[:, :, ::2]
+    yield torch.randn(6, 1, 4, 1).contiguous(memory_format=torch.channels_last)
+    yield torch.randn(5, 4, 3).transpose(0, 1)
+    yield torch.randn(1, 5).expand(4, 5)
+
+
+@pytest.mark.parametrize("batch_dim", [0, -1])
+def test_fake_outputs_have_the_real_strides(batch_dim):
+    """The meta kernels' layout rule is the real kernels' (layout.h), for every dense
+    or non-dense input, size-1 dims with arbitrary strides and empty tensors included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for x in _strided_cases():
+        factors = torch.ones(x.shape[batch_dim])
+        cases = {
+            "scale": lambda t, f: torch.ops.droppath._scale_rows(t, f, batch_dim),
+            "add": lambda t, f: torch.ops.droppath._add_rows(t, t, f, batch_dim),
+        }
+        for name, op in cases.items():
+            real = op(x, factors)
+            with FakeTensorMode() as mode:
+                fake = op(mode.from_tensor(x), mode.from_tensor(factors))
+            assert (fake.shape, fake.stride()) == (real.shape, real.stride()), (name, x.shape, x.stride())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_row_gathering_ops(device):
+    x = torch.randn(6, 4, 3, device=device, requires_grad=True)
+    index = torch.tensor([1, 3, 4], device=device)
+    rows = torch.tensor([-1, 0, -1, 1, 2, -1], device=device)
+    factors = torch.tensor([0.0, 2.0, 0.0, 0.5, 1.0, 0.0], device=device)
+    for t, dim in [(x, 0), (x.detach().transpose(0, 1).contiguous().requires_grad_(), 1),
+                   (torch.randn(6, 3, 2, 2, device=device).contiguous(memory_format=torch.channels_last), 0)]:
+        torch.library.opcheck(torch.ops.droppath._take_rows.default, (t, index, rows, None, dim))
+        taken = torch.randn_like(torch.ops.droppath._take_rows(t, index, rows, None, dim)).requires_grad_()
+        torch.library.opcheck(torch.ops.droppath._add_taken_rows.default, (t, taken, factors, rows, index, dim))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import droppath_ext as dp
-from conftest import expected_drop_path, kept_mask, nonzero_input
+from conftest import expected_drop_path, import_or_skip, kept_mask, nonzero_input
 
 
 @pytest.mark.parametrize("drop_prob", [0.1, 0.5, 0.9])
@@ -236,7 +236,7 @@ def test_droppath_module_train_and_eval(backend, device):
 
 
 def test_same_results_as_timm_formula_in_distribution(backend):
-    timm_layers = pytest.importorskip("timm.layers")
+    timm_layers = import_or_skip("timm.layers")
     x = torch.ones(20000, 2)
     ours = kept_mask(dp.drop_path(x, 0.3, True)).double().mean()
     theirs = kept_mask(timm_layers.drop_path(x, 0.3, True)).double().mean()

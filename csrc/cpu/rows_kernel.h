@@ -4,8 +4,10 @@
 // the CPU_CAPABILITY_* macros, so the macros and the compiler's target must
 // agree inside each translation unit.
 //
-// Layout contract (see layout.h): out, inputs share one sample-major layout,
-// so sample b is the range [b * S, (b + 1) * S) of each buffer.
+// Layout contract (see layout.h): every buffer is dense and read in memory
+// order as [outer][rows][inner] along the batch dim (a RowView); out and the
+// inputs of one call share that order. Factors are per index along the
+// batch dim, in the math dtype (at::opmath_type).
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -17,6 +19,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+
+#include "../layout.h"
 
 namespace droppath::cpu {
 namespace CPU_CAPABILITY {
@@ -25,16 +30,29 @@ namespace CPU_CAPABILITY {
 // show at ViT-sized tensors, small enough to split them over a few cores.
 constexpr int64_t kGrainSize = 32768;
 
-// Calls fn(sample, begin, count) on each piece of [0, numel) that lies in a
-// single sample, with the pieces shared out over threads in contiguous chunks.
+// Calls fn(outer, index, begin, count) on each piece of [0, numel) that lies
+// in a single run of `inner` elements, the run being index `index` along the
+// batch dim in outer block `outer` ([outer][rows][inner], see layout.h). The
+// pieces are shared out over threads in contiguous chunks and visited in
+// memory order (sample by sample was tried for sequence-first tensors: the
+// strided runs defeat the hardware prefetcher, 2x slower); within a chunk the
+// position advances without divisions, so short runs (one per token and
+// sample in a sequence-first tensor) stay cheap.
 template <typename Fn>
-void for_each_sample_span(int64_t numel, int64_t sample_size, const Fn& fn) {
+void for_each_row_span(int64_t numel, int64_t inner, int64_t rows, const Fn& fn) {
   at::parallel_for(0, numel, kGrainSize, [&](int64_t begin, int64_t end) {
+    int64_t row = begin / inner;
+    int64_t outer = row / rows;
+    int64_t index = row - outer * rows;
     for (int64_t i = begin; i < end;) {
-      const int64_t sample = i / sample_size;
-      const int64_t stop = std::min(end, (sample + 1) * sample_size);
-      fn(sample, i, stop - i);
+      const int64_t stop = std::min(end, (row + 1) * inner);
+      fn(outer, index, i, stop - i);
       i = stop;
+      ++row;
+      if (++index == rows) {
+        index = 0;
+        ++outer;
+      }
     }
   });
 }
@@ -118,53 +136,117 @@ void add_span_reduced(scalar_t* out, const scalar_t* residual,
   }
 }
 
-inline void scale_rows_kernel(const at::Tensor& out, const at::Tensor& x,
-                              const at::Tensor& factors) {
-  const int64_t numel = x.numel();
-  const int64_t sample_size = numel / x.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "droppath_scale_rows", [&] {
-        using math_t = at::opmath_type<scalar_t>;
-        const math_t* f = factors.const_data_ptr<math_t>();
-        const scalar_t* in = x.const_data_ptr<scalar_t>();
-        scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-        for_each_sample_span(numel, sample_size, [&](int64_t s, int64_t i, int64_t n) {
-          if (f[s] == math_t(0)) {
-            std::memset(dst + i, 0, n * sizeof(scalar_t));  // all-zero bits are +0.0
-          } else if (f[s] == math_t(1)) {
-            std::memcpy(dst + i, in + i, n * sizeof(scalar_t));
-          } else if constexpr (std::is_same_v<scalar_t, math_t>) {
-            scale_span<scalar_t>(dst + i, in + i, n, f[s]);
-          } else {
-            scale_span_reduced<scalar_t>(dst + i, in + i, n, f[s]);
-          }
-        });
-      });
+// out = x * f over n elements; a zero factor writes zeros without reading x
+// (all-zero bits are +0.0), a factor of one copies.
+template <typename scalar_t>
+void scale_or_fill(scalar_t* out, const scalar_t* x, int64_t n, at::opmath_type<scalar_t> f) {
+  using math_t = at::opmath_type<scalar_t>;
+  if (f == math_t(0)) {
+    std::memset(out, 0, n * sizeof(scalar_t));
+  } else if (f == math_t(1)) {
+    std::memcpy(out, x, n * sizeof(scalar_t));
+  } else if constexpr (std::is_same_v<scalar_t, math_t>) {
+    scale_span<scalar_t>(out, x, n, f);
+  } else {
+    scale_span_reduced<scalar_t>(out, x, n, f);
+  }
 }
 
-inline void add_rows_kernel(const at::Tensor& out, const at::Tensor& residual,
-                            const at::Tensor& branch, const at::Tensor& factors) {
-  const int64_t numel = residual.numel();
-  const int64_t sample_size = numel / residual.size(0);
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, residual.scalar_type(), "droppath_add_rows", [&] {
-        using math_t = at::opmath_type<scalar_t>;
-        const math_t* f = factors.const_data_ptr<math_t>();
-        const scalar_t* res = residual.const_data_ptr<scalar_t>();
-        const scalar_t* br = branch.const_data_ptr<scalar_t>();
-        scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-        for_each_sample_span(numel, sample_size, [&](int64_t s, int64_t i, int64_t n) {
-          if (f[s] == math_t(0)) {
-            // A dropped sample's branch is never read.
-            std::memcpy(dst + i, res + i, n * sizeof(scalar_t));
-          } else if constexpr (std::is_same_v<scalar_t, math_t>) {
-            add_span<scalar_t>(dst + i, res + i, br + i, n, f[s]);
-          } else {
-            add_span_reduced<scalar_t>(dst + i, res + i, br + i, n, f[s]);
-          }
-        });
-      });
+// out = residual + branch * f over n elements; a zero factor copies the
+// residual without reading the branch.
+template <typename scalar_t>
+void add_or_copy(scalar_t* out, const scalar_t* residual, const scalar_t* branch, int64_t n,
+                 at::opmath_type<scalar_t> f) {
+  using math_t = at::opmath_type<scalar_t>;
+  if (f == math_t(0)) {
+    std::memcpy(out, residual, n * sizeof(scalar_t));
+  } else if constexpr (std::is_same_v<scalar_t, math_t>) {
+    add_span<scalar_t>(out, residual, branch, n, f);
+  } else {
+    add_span_reduced<scalar_t>(out, residual, branch, n, f);
+  }
 }
+
+#define DROPPATH_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// out[row] = x[row] * factors[row % rows] (row = run of `inner` elements).
+inline void scale_rows_kernel(const at::Tensor& out, const at::Tensor& x,
+                              const at::Tensor& factors, RowView view) {
+  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_scale_rows", [&] {
+    const auto* f = factors.const_data_ptr<at::opmath_type<scalar_t>>();
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    for_each_row_span(x.numel(), view.inner, view.rows, [&](int64_t, int64_t b, int64_t i, int64_t n) {
+      scale_or_fill(dst + i, in + i, n, f[b]);
+    });
+  });
+}
+
+// out[row] = residual[row] + branch[row] * factors[row % rows].
+inline void add_rows_kernel(const at::Tensor& out, const at::Tensor& residual,
+                            const at::Tensor& branch, const at::Tensor& factors,
+                            RowView view) {
+  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_rows", [&] {
+    const auto* f = factors.const_data_ptr<at::opmath_type<scalar_t>>();
+    const scalar_t* res = residual.const_data_ptr<scalar_t>();
+    const scalar_t* br = branch.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    for_each_row_span(residual.numel(), view.inner, view.rows,
+                      [&](int64_t, int64_t b, int64_t i, int64_t n) {
+                        add_or_copy(dst + i, res + i, br + i, n, f[b]);
+                      });
+  });
+}
+
+// out (outer x out_rows x inner): out[o][r] = x[o][rows[r]] * factors[rows[r]]
+// (factors optional, else 1), zeros where rows[r] is outside [0, source.rows).
+inline void take_rows_kernel(const at::Tensor& out, const at::Tensor& x, const at::Tensor& rows,
+                             const std::optional<at::Tensor>& factors, RowView source,
+                             int64_t out_rows) {
+  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_take_rows", [&] {
+    using math_t = at::opmath_type<scalar_t>;
+    const math_t* f = factors.has_value() ? factors->const_data_ptr<math_t>() : nullptr;
+    const int64_t* map = rows.const_data_ptr<int64_t>();
+    const scalar_t* in = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const int64_t inner = source.inner;
+    for_each_row_span(out.numel(), inner, out_rows, [&](int64_t o, int64_t r, int64_t i, int64_t n) {
+      const int64_t from = map[r];
+      if (from < 0 || from >= source.rows) {
+        std::memset(dst + i, 0, n * sizeof(scalar_t));
+        return;
+      }
+      const int64_t within = i - (o * out_rows + r) * inner;
+      const int64_t offset = (o * source.rows + from) * inner + within;
+      scale_or_fill(dst + i, in + offset, n, f != nullptr ? f[from] : math_t(1));
+    });
+  });
+}
+
+// out (outer x residual rows x inner): residual[o][b] + branch[o][rows[b]] * factors[b],
+// or residual[o][b] where factors[b] == 0 or rows[b] is outside [0, branch_rows).
+inline void add_taken_rows_kernel(const at::Tensor& out, const at::Tensor& residual,
+                                  const at::Tensor& branch, const at::Tensor& factors,
+                                  const at::Tensor& rows, RowView view, int64_t branch_rows) {
+  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_taken_rows", [&] {
+    const auto* f = factors.const_data_ptr<at::opmath_type<scalar_t>>();
+    const int64_t* map = rows.const_data_ptr<int64_t>();
+    const scalar_t* res = residual.const_data_ptr<scalar_t>();
+    const scalar_t* br = branch.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const int64_t inner = view.inner;
+    for_each_row_span(residual.numel(), inner, view.rows, [&](int64_t o, int64_t b, int64_t i, int64_t n) {
+      const int64_t from = map[b];
+      const bool taken = from >= 0 && from < branch_rows;
+      const int64_t within = i - (o * view.rows + b) * inner;
+      const int64_t offset = taken ? (o * branch_rows + from) * inner + within : 0;
+      add_or_copy(dst + i, res + i, br + offset, n, taken ? f[b] : 0);
+    });
+  });
+}
+
+#undef DROPPATH_DISPATCH_FLOATING
 
 }  // namespace CPU_CAPABILITY
 }  // namespace droppath::cpu

@@ -1,19 +1,25 @@
-// One entry per CPU capability the kernels are compiled for; the CPU op
-// calls the best one this processor supports.
+// One entry per CPU capability the kernels are compiled for; the CPU ops
+// call the best one this processor supports.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
+#include "../layout.h"
+
 namespace droppath::cpu {
 
-using ScaleRowsFn = void (*)(const at::Tensor& out, const at::Tensor& x,
-                             const at::Tensor& factors);
-using AddRowsFn = void (*)(const at::Tensor& out, const at::Tensor& residual,
-                           const at::Tensor& branch, const at::Tensor& factors);
-
 struct RowsKernels {
-  ScaleRowsFn scale_rows;
-  AddRowsFn add_rows;
+  void (*scale_rows)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& factors,
+                     RowView view);
+  void (*add_rows)(const at::Tensor& out, const at::Tensor& residual, const at::Tensor& branch,
+                   const at::Tensor& factors, RowView view);
+  void (*take_rows)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& rows,
+                    const std::optional<at::Tensor>& factors, RowView source, int64_t out_rows);
+  void (*add_taken_rows)(const at::Tensor& out, const at::Tensor& residual,
+                         const at::Tensor& branch, const at::Tensor& factors,
+                         const at::Tensor& rows, RowView view, int64_t branch_rows);
   const char* capability;
 };
 

@@ -9,6 +9,7 @@
 
 namespace droppath::cpu::CPU_CAPABILITY {
 RowsKernels rows_kernels() {
-  return {&scale_rows_kernel, &add_rows_kernel, DROPPATH_STRINGIFY(CPU_CAPABILITY)};
+  return {&scale_rows_kernel, &add_rows_kernel, &take_rows_kernel, &add_taken_rows_kernel,
+          DROPPATH_STRINGIFY(CPU_CAPABILITY)};
 }
 }  // namespace droppath::cpu::CPU_CAPABILITY

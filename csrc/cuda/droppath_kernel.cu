@@ -1,24 +1,23 @@
-// CUDA kernels: per-sample factors drawn from torch's CUDA generator through
-// its Philox state (reproducible with torch.cuda.manual_seed, replayed by
-// checkpoint recomputation, and safe to capture in a CUDA graph: each replay
-// reads a fresh offset), then one pass over memory with 128-bit loads and
-// stores where the layout allows.
+// CUDA kernels of the deterministic ops: one pass over memory with 128-bit
+// loads and stores where the layout allows, grid-stride loops, 32-bit
+// indices whenever they cannot overflow. The random factors come from
+// ATen's bernoulli_ (composite.cpp), so nothing here draws random numbers.
+//
+// Only c10's CUDA headers and the CUDA runtime are included (no ATen/cuda,
+// which pulls in cuBLAS/cuSPARSE headers): the bare toolkit is enough.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/cuda/CUDAGeneratorImpl.h>
-#include <ATen/cuda/PhiloxUtils.cuh>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <curand_kernel.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
-#include <mutex>
 
 #include "../checks.h"
 #include "../layout.h"
@@ -39,221 +38,369 @@ struct alignas(sizeof(scalar_t) * N) Pack {
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
-// ---- factors ---------------------------------------------------------------
-
-template <typename math_t>
-__global__ void sample_factors_kernel(math_t* __restrict__ factors,
-                                      int64_t batch, at::PhiloxCudaState philox,
-                                      float keep_prob, math_t kept_value) {
-  const auto seeds = at::cuda::philox::unpack(philox);
-  for (int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       b < batch; b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    curandStatePhilox4_32_10_t state;
-    curand_init(std::get<0>(seeds), b, std::get<1>(seeds), &state);
-    // u in (0, 1]: kept with probability keep_prob, never at keep_prob == 0.
-    const float u = curand_uniform(&state);
-    factors[b] = u <= keep_prob ? kept_value : math_t(0);
+template <typename scalar_t, int N>
+__device__ __forceinline__ Pack<scalar_t, N> scaled(const scalar_t* x, at::opmath_type<scalar_t> f) {
+  using math_t = at::opmath_type<scalar_t>;
+  Pack<scalar_t, N> result;
+  if (f == math_t(0)) {  // exactly zero, without reading x
+#pragma unroll
+    for (int k = 0; k < N; ++k) result.val[k] = scalar_t(0);
+  } else {
+    const auto in = *reinterpret_cast<const Pack<scalar_t, N>*>(x);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      result.val[k] = static_cast<scalar_t>(static_cast<math_t>(in.val[k]) * f);
+    }
   }
+  return result;
 }
 
-at::Tensor sample_factors_cuda(const at::Tensor& x, double drop_prob,
-                               bool scale_by_keep,
-                               std::optional<at::Generator> generator) {
-  check_drop_prob(drop_prob);
-  check_input(x, "x");
-  check_generator(x, generator);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t batch = x.size(0);
-  at::Tensor factors =
-      at::empty({batch}, x.options().dtype(math_dtype(x.scalar_type())));
-  if (batch == 0) {
-    return factors;
+template <typename scalar_t, int N>
+__device__ __forceinline__ Pack<scalar_t, N> added(const scalar_t* residual, const scalar_t* branch,
+                                                   at::opmath_type<scalar_t> f) {
+  using math_t = at::opmath_type<scalar_t>;
+  auto result = *reinterpret_cast<const Pack<scalar_t, N>*>(residual);
+  if (f != math_t(0)) {  // a dropped sample's branch is never read
+    const auto br = *reinterpret_cast<const Pack<scalar_t, N>*>(branch);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      result.val[k] = static_cast<scalar_t>(static_cast<math_t>(result.val[k]) +
+                                            mul_rn(static_cast<math_t>(br.val[k]), f));
+    }
   }
-  const double keep_prob = 1.0 - drop_prob;
-  const double kept_value = kept_factor(drop_prob, scale_by_keep);
-  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-      generator, at::cuda::detail::getDefaultCUDAGenerator());
-  at::PhiloxCudaState philox;
-  {
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    philox = gen->philox_cuda_state(4);  // one curand_uniform per thread
-  }
-  const int blocks = static_cast<int>(std::min<int64_t>((batch + kThreads - 1) / kThreads, 1024));
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(factors.scalar_type(), "droppath_sample_factors_cuda", [&] {
-    sample_factors_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        factors.mutable_data_ptr<scalar_t>(), batch, philox,
-        static_cast<float>(keep_prob), static_cast<scalar_t>(kept_value));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return factors;
+  return result;
 }
 
-// ---- scale / add -------------------------------------------------------------
-// With N > 1 the caller guarantees every pointer is 16-byte aligned and the
-// sample size is a multiple of N, so a pack never straddles two samples.
+template <typename scalar_t, int N>
+__device__ __forceinline__ void store(scalar_t* out, const Pack<scalar_t, N>& value) {
+  *reinterpret_cast<Pack<scalar_t, N>*>(out) = value;
+}
 
-// Grid-stride loop over packs of N elements: body(first element, its sample).
-template <int N, typename index_t, typename Body>
-__device__ __forceinline__ void for_each_pack(index_t numel, index_t sample_size, const Body& body) {
+// ---- the ops, one element pack at a time --------------------------------------
+// Memory is [outer][rows][inner] (layout.h). With N > 1 the launcher has
+// checked that every pointer is 16-byte aligned and inner % N == 0, so a pack
+// never straddles two rows.
+
+template <typename scalar_t, int N, typename index_t>
+struct ScaleRows {
+  scalar_t* out;
+  const scalar_t* x;
+  const at::opmath_type<scalar_t>* factors;
+  index_t inner, rows;
+  __device__ __forceinline__ void operator()(index_t i) const {
+    store<scalar_t, N>(out + i, scaled<scalar_t, N>(x + i, factors[(i / inner) % rows]));
+  }
+};
+
+template <typename scalar_t, int N, typename index_t>
+struct AddRows {
+  scalar_t* out;
+  const scalar_t* residual;
+  const scalar_t* branch;
+  const at::opmath_type<scalar_t>* factors;
+  index_t inner, rows;
+  __device__ __forceinline__ void operator()(index_t i) const {
+    store<scalar_t, N>(out + i, added<scalar_t, N>(residual + i, branch + i,
+                                                   factors[(i / inner) % rows]));
+  }
+};
+
+// out[o][r] = x[o][map[r]] * factors[map[r]] (factors optional), zero where
+// map[r] is outside [0, source_rows).
+template <typename scalar_t, int N, typename index_t>
+struct TakeRows {
+  scalar_t* out;
+  const scalar_t* x;
+  const at::opmath_type<scalar_t>* factors;  // per source row, or null
+  const int64_t* map;
+  index_t inner, rows, source_rows;
+  __device__ __forceinline__ void operator()(index_t i) const {
+    using math_t = at::opmath_type<scalar_t>;
+    const index_t row = i / inner;
+    const int64_t from = map[row % rows];
+    const bool valid = from >= 0 && from < static_cast<int64_t>(source_rows);
+    const index_t source = valid ? ((row / rows) * source_rows + static_cast<index_t>(from)) * inner +
+                                       (i - row * inner)
+                                 : 0;
+    const math_t f = !valid ? math_t(0) : factors != nullptr ? factors[from] : math_t(1);
+    store<scalar_t, N>(out + i, scaled<scalar_t, N>(x + source, f));
+  }
+};
+
+// out[o][b] = residual[o][b] + branch[o][map[b]] * factors[b], or residual[o][b]
+// where factors[b] == 0 or map[b] is outside [0, branch_rows).
+template <typename scalar_t, int N, typename index_t>
+struct AddTakenRows {
+  scalar_t* out;
+  const scalar_t* residual;
+  const scalar_t* branch;
+  const at::opmath_type<scalar_t>* factors;
+  const int64_t* map;
+  index_t inner, rows, branch_rows;
+  __device__ __forceinline__ void operator()(index_t i) const {
+    using math_t = at::opmath_type<scalar_t>;
+    const index_t row = i / inner;
+    const index_t b = row % rows;
+    const int64_t from = map[b];
+    const bool valid = from >= 0 && from < static_cast<int64_t>(branch_rows);
+    const index_t source = valid ? ((row / rows) * branch_rows + static_cast<index_t>(from)) * inner +
+                                       (i - row * inner)
+                                 : 0;
+    store<scalar_t, N>(out + i, added<scalar_t, N>(residual + i, branch + source,
+                                                   valid ? factors[b] : math_t(0)));
+  }
+};
+
+template <int N, typename index_t, typename Op>
+__global__ void for_each_pack(Op op, index_t numel) {
   const index_t step = static_cast<index_t>(gridDim.x) * blockDim.x * N;
-  for (index_t i = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
-       i < numel; i += step) {
-    body(i, i / sample_size);
+  for (index_t i = (static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x) * N; i < numel;
+       i += step) {
+    op(i);
   }
 }
 
-template <typename scalar_t, int N, typename index_t>
-__global__ void scale_rows_kernel(scalar_t* __restrict__ out,
-                                  const scalar_t* __restrict__ x,
-                                  const at::opmath_type<scalar_t>* __restrict__ factors,
-                                  index_t numel, index_t sample_size) {
-  using math_t = at::opmath_type<scalar_t>;
-  using P = Pack<scalar_t, N>;
-  for_each_pack<N>(numel, sample_size, [&](index_t i, index_t sample) {
-    const math_t f = factors[sample];
-    P result;
-    if (f == math_t(0)) {
-#pragma unroll
-      for (int k = 0; k < N; ++k) result.val[k] = scalar_t(0);
-    } else {
-      const P in = *reinterpret_cast<const P*>(x + i);
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        result.val[k] = static_cast<scalar_t>(static_cast<math_t>(in.val[k]) * f);
-      }
-    }
-    *reinterpret_cast<P*>(out + i) = result;
-  });
-}
+// ---- launching ----------------------------------------------------------------
 
-template <typename scalar_t, int N, typename index_t>
-__global__ void add_rows_kernel(scalar_t* __restrict__ out,
-                                const scalar_t* __restrict__ residual,
-                                const scalar_t* __restrict__ branch,
-                                const at::opmath_type<scalar_t>* __restrict__ factors,
-                                index_t numel, index_t sample_size) {
-  using math_t = at::opmath_type<scalar_t>;
-  using P = Pack<scalar_t, N>;
-  for_each_pack<N>(numel, sample_size, [&](index_t i, index_t sample) {
-    const math_t f = factors[sample];
-    const P res = *reinterpret_cast<const P*>(residual + i);
-    P result = res;
-    if (f != math_t(0)) {  // a dropped sample's branch is never read
-      const P br = *reinterpret_cast<const P*>(branch + i);
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        result.val[k] = static_cast<scalar_t>(static_cast<math_t>(res.val[k]) +
-                                              mul_rn(static_cast<math_t>(br.val[k]), f));
-      }
+int multiprocessor_count() {
+  static std::array<std::atomic<int>, 64> counts{};  // per device, 0 until read
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  int count = device < 64 ? counts[device].load(std::memory_order_relaxed) : 0;
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    if (device < 64) {
+      counts[device].store(count, std::memory_order_relaxed);
     }
-    *reinterpret_cast<P*>(out + i) = result;
-  });
+  }
+  return count;
 }
 
 bool aligned16(const void* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
-int grid_for(int64_t packs) {
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t wanted = (packs + kThreads - 1) / kThreads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t(sms) * 8)));
-}
+// The sizes an op's indices reach, and whether 16-byte packs fit its rows.
+struct LaunchShape {
+  int64_t numel;    // elements written
+  int64_t largest;  // elements of the largest buffer read or written
+  int64_t inner;
+  bool aligned;
+};
 
-// Launches kernel<scalar_t, N, index_t> with the widest N the layout allows
-// and 32-bit indices whenever they cannot overflow.
-template <typename scalar_t, template <typename, int, typename> class Launch, typename... Ptrs>
-void launch_rows(int64_t numel, int64_t sample_size, bool vectorizable, Ptrs... ptrs) {
+// Runs Op<scalar_t, N, index_t>{make(N, index_t)...} over the output with the
+// widest N the layout allows and 32-bit indices whenever they cannot overflow.
+template <typename scalar_t, template <typename, int, typename> class Op, typename Make>
+void launch(const LaunchShape& shape, const Make& make) {
   constexpr int kPack = 16 / sizeof(scalar_t);
-  const bool vec = vectorizable && sample_size % kPack == 0;
-  const int64_t packs = vec ? numel / kPack : numel;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const int blocks = grid_for(packs);
-  const bool small = numel + int64_t(blocks) * kThreads * kPack < (int64_t(1) << 31);
+  const bool vec = shape.aligned && shape.inner % kPack == 0;
+  const int64_t packs = vec ? shape.numel / kPack : shape.numel;
+  const int blocks = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>((packs + kThreads - 1) / kThreads, int64_t(multiprocessor_count()) * 8)));
+  const bool small =
+      std::max(shape.numel, shape.largest) + int64_t(blocks) * kThreads * kPack < (int64_t(1) << 31);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   if (vec && small) {
-    Launch<scalar_t, kPack, uint32_t>::run(blocks, stream, ptrs..., numel, sample_size);
+    for_each_pack<kPack, uint32_t><<<blocks, kThreads, 0, stream>>>(
+        make(Op<scalar_t, kPack, uint32_t>{}), static_cast<uint32_t>(shape.numel));
   } else if (vec) {
-    Launch<scalar_t, kPack, int64_t>::run(blocks, stream, ptrs..., numel, sample_size);
+    for_each_pack<kPack, int64_t><<<blocks, kThreads, 0, stream>>>(
+        make(Op<scalar_t, kPack, int64_t>{}), shape.numel);
   } else if (small) {
-    Launch<scalar_t, 1, uint32_t>::run(blocks, stream, ptrs..., numel, sample_size);
+    for_each_pack<1, uint32_t><<<blocks, kThreads, 0, stream>>>(
+        make(Op<scalar_t, 1, uint32_t>{}), static_cast<uint32_t>(shape.numel));
   } else {
-    Launch<scalar_t, 1, int64_t>::run(blocks, stream, ptrs..., numel, sample_size);
+    for_each_pack<1, int64_t><<<blocks, kThreads, 0, stream>>>(make(Op<scalar_t, 1, int64_t>{}),
+                                                                shape.numel);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, int N, typename index_t>
-struct ScaleLaunch {
-  static void run(int blocks, cudaStream_t stream, scalar_t* out, const scalar_t* x,
-                  const at::opmath_type<scalar_t>* f, int64_t numel, int64_t sample_size) {
-    scale_rows_kernel<scalar_t, N, index_t><<<blocks, kThreads, 0, stream>>>(
-        out, x, f, static_cast<index_t>(numel), static_cast<index_t>(sample_size));
-  }
-};
+// ---- per-index factors for packed batches ---------------------------------------
 
-template <typename scalar_t, int N, typename index_t>
-struct AddLaunch {
-  static void run(int blocks, cudaStream_t stream, scalar_t* out, const scalar_t* r,
-                  const scalar_t* b, const at::opmath_type<scalar_t>* f, int64_t numel,
-                  int64_t sample_size) {
-    add_rows_kernel<scalar_t, N, index_t><<<blocks, kThreads, 0, stream>>>(
-        out, r, b, f, static_cast<index_t>(numel), static_cast<index_t>(sample_size));
+// out[t] = per_sample[s] for the segment s with offsets[s] <= t < offsets[s + 1]
+// (binary search: reads only offsets[1..samples], whatever their values).
+template <typename math_t, typename offset_t>
+__global__ void index_factors_kernel(math_t* out, const math_t* per_sample,
+                                     const offset_t* offsets, int64_t samples, int64_t length) {
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < length;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = samples;  // first s in [0, samples) with offsets[s + 1] > t
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<int64_t>(offsets[mid + 1]) <= t) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    out[t] = samples > 0 ? per_sample[lo < samples ? lo : samples - 1] : math_t(0);
   }
-};
+}
 
-at::Tensor scale_rows_cuda(const at::Tensor& x, const at::Tensor& factors) {
-  check_input(x, "x");
-  check_factors(x, factors);
+at::Tensor index_factors(const at::Tensor& x, int64_t dim, const at::Tensor& factors,
+                         const std::optional<at::Tensor>& cu_seqlens) {
+  at::Tensor per_sample = math_factors(x, factors);
+  if (!cu_seqlens.has_value()) {
+    return per_sample;
+  }
+  const int64_t length = x.size(dim);
+  check_cu_seqlens_values(*cu_seqlens, length);
+  at::Tensor per_index = at::empty({length}, per_sample.options());
+  if (length == 0) {
+    return per_index;
+  }
+  const at::Tensor offsets = cu_seqlens->contiguous();
+  const int blocks = static_cast<int>(std::min<int64_t>((length + kThreads - 1) / kThreads, 1024));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(per_sample.scalar_type(), "droppath_index_factors_cuda", [&] {
+    AT_DISPATCH_INDEX_TYPES(offsets.scalar_type(), "droppath_index_factors_cuda", [&] {
+      index_factors_kernel<scalar_t, index_t><<<blocks, kThreads, 0, stream>>>(
+          per_index.mutable_data_ptr<scalar_t>(), per_sample.const_data_ptr<scalar_t>(),
+          offsets.const_data_ptr<index_t>(), offsets.numel() - 1, length);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return per_index;
+}
+
+#define DROPPATH_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// ---- op entry points ------------------------------------------------------------
+
+at::Tensor scale_rows_cuda(const at::Tensor& x, const at::Tensor& factors, int64_t batch_dim,
+                           const std::optional<at::Tensor>& cu_seqlens) {
+  const int64_t dim = check_scale_rows_args(x, factors, batch_dim, cu_seqlens);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor input = as_sample_major(x);
-  at::Tensor out = at::empty_like(input);
-  const int64_t numel = input.numel();
-  if (numel == 0) {
+  const at::Tensor f = index_factors(x, dim, factors, cu_seqlens);
+  const at::Tensor input = as_dense(x);
+  at::Tensor out = empty_like_dense(input);
+  if (input.numel() == 0) {
     return out;
   }
-  const at::Tensor f = math_factors(x, factors);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "droppath_scale_rows_cuda", [&] {
+  const RowView view = row_view(input, dim);
+  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_scale_rows_cuda", [&] {
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const scalar_t* src = input.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t, ScaleLaunch>(numel, numel / input.size(0),
-                                       aligned16(dst) && aligned16(src), dst, src,
-                                       f.const_data_ptr<at::opmath_type<scalar_t>>());
+    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
+    launch<scalar_t, ScaleRows>(
+        {input.numel(), input.numel(), view.inner, aligned16(dst) && aligned16(src)},
+        [&](auto op) {
+          using index_t = decltype(op.inner);
+          return decltype(op){dst, src, fp, static_cast<index_t>(view.inner),
+                              static_cast<index_t>(view.rows)};
+        });
   });
   return out;
 }
 
 at::Tensor add_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
-                         const at::Tensor& factors) {
-  check_pair(residual, branch);
-  check_factors(branch, factors);
+                         const at::Tensor& factors, int64_t batch_dim,
+                         const std::optional<at::Tensor>& cu_seqlens) {
+  const int64_t dim = check_add_rows_args(residual, branch, factors, batch_dim, cu_seqlens);
   const c10::cuda::CUDAGuard guard(residual.device());
+  const at::Tensor f = index_factors(branch, dim, factors, cu_seqlens);
   const AddOperands in = as_add_operands(residual, branch);
-  const at::Tensor& res = in.residual;
-  const at::Tensor& br = in.branch;
-  at::Tensor out = at::empty_like(res);
-  const int64_t numel = res.numel();
+  at::Tensor out = empty_like_dense(in.residual);
+  const int64_t numel = out.numel();
   if (numel == 0) {
     return out;
   }
-  const at::Tensor f = math_factors(branch, factors);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, res.scalar_type(), "droppath_add_rows_cuda", [&] {
+  const RowView view = row_view(in.residual, dim);
+  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_rows_cuda", [&] {
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* r = res.const_data_ptr<scalar_t>();
-    const scalar_t* b = br.const_data_ptr<scalar_t>();
-    launch_rows<scalar_t, AddLaunch>(numel, numel / res.size(0),
-                                     aligned16(dst) && aligned16(r) && aligned16(b), dst, r, b,
-                                     f.const_data_ptr<at::opmath_type<scalar_t>>());
+    const scalar_t* r = in.residual.const_data_ptr<scalar_t>();
+    const scalar_t* b = in.branch.const_data_ptr<scalar_t>();
+    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
+    launch<scalar_t, AddRows>(
+        {numel, numel, view.inner, aligned16(dst) && aligned16(r) && aligned16(b)},
+        [&](auto op) {
+          using index_t = decltype(op.inner);
+          return decltype(op){dst, r, b, fp, static_cast<index_t>(view.inner),
+                              static_cast<index_t>(view.rows)};
+        });
   });
   return out;
 }
 
+at::Tensor take_rows_cuda(const at::Tensor& x, const at::Tensor& rows,
+                          const at::Tensor& inverse_rows, const std::optional<at::Tensor>& factors,
+                          int64_t batch_dim) {
+  const int64_t dim = check_take_rows_args(x, rows, inverse_rows, factors, batch_dim);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::MemoryFormat format = memory_format_of(x).value_or(at::MemoryFormat::Contiguous);
+  const at::Tensor input = in_memory_format(x, format);
+  at::Tensor out = empty_with_rows(input, dim, rows.sym_size(0), format);
+  if (out.numel() == 0) {
+    return out;
+  }
+  const RowView source = format_row_view(input.sizes(), dim, format);
+  const at::Tensor map = rows.contiguous();
+  const std::optional<at::Tensor> f =
+      factors.has_value() ? std::optional<at::Tensor>(math_factors(x, *factors)) : std::nullopt;
+  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_take_rows_cuda", [&] {
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* src = input.const_data_ptr<scalar_t>();
+    const auto* fp = f.has_value() ? f->const_data_ptr<at::opmath_type<scalar_t>>() : nullptr;
+    const int64_t* mp = map.const_data_ptr<int64_t>();
+    launch<scalar_t, TakeRows>(
+        {out.numel(), input.numel(), source.inner, aligned16(dst) && aligned16(src)},
+        [&](auto op) {
+          using index_t = decltype(op.inner);
+          return decltype(op){dst, src, fp, mp, static_cast<index_t>(source.inner),
+                              static_cast<index_t>(rows.size(0)),
+                              static_cast<index_t>(source.rows)};
+        });
+  });
+  return out;
+}
+
+at::Tensor add_taken_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
+                               const at::Tensor& factors, const at::Tensor& rows,
+                               const at::Tensor& inverse_rows, int64_t batch_dim) {
+  const int64_t dim =
+      check_add_taken_rows_args(residual, branch, factors, rows, inverse_rows, batch_dim);
+  const c10::cuda::CUDAGuard guard(residual.device());
+  const at::MemoryFormat format = shared_memory_format(residual, branch);
+  const at::Tensor res = in_memory_format(residual, format);
+  const at::Tensor br = in_memory_format(branch, format);
+  at::Tensor out = empty_with_rows(res, dim, res.sym_size(dim), format);
+  const int64_t numel = out.numel();
+  if (numel == 0) {
+    return out;
+  }
+  const RowView view = format_row_view(res.sizes(), dim, format);
+  const at::Tensor f = math_factors(residual, factors);
+  const at::Tensor map = rows.contiguous();
+  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_taken_rows_cuda", [&] {
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* r = res.const_data_ptr<scalar_t>();
+    const scalar_t* b = br.const_data_ptr<scalar_t>();
+    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
+    const int64_t* mp = map.const_data_ptr<int64_t>();
+    launch<scalar_t, AddTakenRows>(
+        {numel, std::max(numel, br.numel()), view.inner,
+         aligned16(dst) && aligned16(r) && aligned16(b)},
+        [&](auto op) {
+          using index_t = decltype(op.inner);
+          return decltype(op){dst, r, b, fp, mp, static_cast<index_t>(view.inner),
+                              static_cast<index_t>(view.rows),
+                              static_cast<index_t>(br.size(dim))};
+        });
+  });
+  return out;
+}
+
+#undef DROPPATH_DISPATCH_FLOATING
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(droppath, CUDA, m) {
-  m.impl("_sample_factors", &sample_factors_cuda);
   m.impl("_scale_rows", &scale_rows_cuda);
   m.impl("_add_rows", &add_rows_cuda);
+  m.impl("_take_rows", &take_rows_cuda);
+  m.impl("_add_taken_rows", &add_taken_rows_cuda);
 }
 
 }  // namespace droppath
