@@ -112,3 +112,69 @@ def test_unaligned_and_odd_sizes_take_the_scalar_path_correctly():
     x = base[1:].view(7, 13, 3)  # storage offset 1: not 16-byte aligned
     f = torch.tensor([0.0, 2.0, 1.0, 0.5, 0.0, 3.0, 1.5], device="cuda")
     torch.testing.assert_close(torch.ops.droppath._scale_rows(x, f), x * f.view(7, 1, 1), rtol=0, atol=0)
+
+
+def test_tiny_drop_prob_still_drops_on_cuda():
+    """1 - 2**-25 rounds to 1.0 in float32, where bernoulli_ would never drop:
+    such draws are made in float64 on CUDA, as on the CPU. 2**28 samples at
+    p = 2**-25: 8 drops expected, none with probability e**-8."""
+    x = torch.empty(2**28, 0, device="cuda")
+    factors = torch.ops.droppath._sample_factors(x, 2.0**-25, True)
+    assert factors.dtype == torch.float32
+    assert (factors == 0).sum().item() > 0
+
+
+def test_masks_equal_timm_on_cuda_for_the_same_seed():
+    timm_layers = pytest.importorskip("timm.layers")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        x = torch.randn(4096, 8, device="cuda").to(dtype)
+        torch.cuda.manual_seed(5)
+        ours = dp.drop_path(x, 0.3, True)
+        torch.cuda.manual_seed(5)
+        theirs = timm_layers.drop_path(x, 0.3, True)
+        assert torch.equal(ours != 0, theirs != 0), dtype
+        if dtype in (torch.float32, torch.float64):
+            assert torch.equal(ours, theirs), dtype
+
+
+def test_skip_mode_on_cuda_draws_on_the_host_and_is_exact():
+    from droppath_ext.residual import drop_path_residual
+
+    x = torch.randn(256, 17, 32, device="cuda", requires_grad=True)
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return torch.sin(t) * 1.5
+
+    torch.manual_seed(3)  # skip mode on CUDA draws from the CPU generator
+    out = drop_path_residual(x, branch, 0.5, True, skip_dropped=True)
+    out.sum().backward()
+    grad_skip = x.grad.clone()
+    torch.manual_seed(3)
+    factors = torch.empty(256).bernoulli_(0.5).div_(0.5).cuda()
+    expected = x + torch.sin(x) * 1.5 * factors.view(-1, 1, 1)
+    kept = int((factors != 0).sum())
+    assert seen[0] % 32 == 0 and kept <= seen[0] < kept + 32  # granule for batch 256
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    x.grad = None
+    expected.sum().backward()
+    torch.testing.assert_close(grad_skip, x.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_gathering_ops_on_odd_layouts(dtype):
+    x = nonzero_input((9, 5, 7), dtype, "cuda")
+    index = torch.tensor([0, 3, 8, 4], device="cuda")
+    rows = torch.full((9,), -1, device="cuda", dtype=torch.int64)
+    rows[index] = torch.arange(4, device="cuda")
+    taken = torch.ops.droppath._take_rows(x, index, rows, None, 0)
+    assert torch.equal(taken, x[index])
+    taken_t = torch.ops.droppath._take_rows(x.transpose(0, 1), index, rows, None, 1)
+    assert torch.equal(taken_t, x.transpose(0, 1)[:, index])
+    factors = torch.zeros(9, device="cuda")
+    factors[index] = 2.0
+    out = torch.ops.droppath._add_taken_rows(x, taken, factors, rows, index, 0)
+    expected = x.float()
+    expected[index] += x[index].float() * 2
+    assert torch.equal(out, expected.to(dtype))

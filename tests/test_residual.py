@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import droppath_ext as dp
-from droppath_ext.residual import drop_path_residual
-from conftest import nonzero_input
+from droppath_ext import functional, residual
+from droppath_ext.residual import branch_batch_granule, drop_path_residual, skip_pays
+from conftest import DTYPES, nonzero_input
 
 
 class _Branch(torch.nn.Module):
@@ -118,8 +119,10 @@ def test_bad_inputs(backend):
         drop_path_residual(x, lambda t: t, 1.5, True)
     with pytest.raises(ValueError, match="branch_fn must return one output per sample"):
         drop_path_residual(x, lambda t: t[:, :2], 0.5, True, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="batch size"):
+    with pytest.raises(ValueError, match="residual must have x's 4 samples"):
         drop_path_residual(x, lambda t: t, 0.5, True, residual=torch.randn(3, 3))
+    with pytest.raises(ValueError, match="skip_dropped must be True, False or 'auto', got 'yes'"):
+        drop_path_residual(x, lambda t: t, 0.5, True, skip_dropped="yes")
 
 
 def test_compiled_falls_back_to_masked_form(backend):
@@ -154,3 +157,109 @@ def test_mixed_dtypes_promote_like_the_unfused_sum(backend, skip_dropped, drop_p
     expected = x.float() + (x * 2).to(branch_dtype).float() / (1 - drop_prob)
     torch.testing.assert_close(out[kept], expected[kept], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out[~kept], x.float()[~kept])
+
+
+def _elementwise(t):
+    """A branch whose output for a sample depends on that sample's values only,
+    bit for bit whatever the batch: skip and masked forms must agree exactly.
+    It uses its input once: where an input feeds several ops, autograd sums
+    their gradients in an order that depends on the graph, not on our ops."""
+    return torch.sin(t) * 1.7 + 0.25
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("drop_prob", [0.3, 0.7])
+def test_skip_is_exactly_the_masked_form_in_every_dtype(backend, dtype, drop_prob):
+    x = torch.randn(48, 5, 6).to(dtype).requires_grad_()
+    grad = torch.randn(48, 5, 6).to(dtype)
+    results = {}
+    for skip in (True, False):
+        x.grad = None
+        torch.manual_seed(9)
+        out = drop_path_residual(x, _elementwise, drop_prob, True, skip_dropped=skip)
+        out.backward(grad)
+        results[skip] = (out.detach(), x.grad.clone())
+    assert torch.equal(results[True][0], results[False][0])
+    assert torch.equal(results[True][1], results[False][1])
+
+
+def test_padding_to_the_granule_is_exact(backend, monkeypatch):
+    """As on CUDA: the branch runs on a multiple of 8 samples (dropped ones
+    padded in), and outputs and gradients still equal the masked form's."""
+    monkeypatch.setattr(residual, "branch_batch_granule", lambda batch, device: 8)
+    x = torch.randn(64, 3, 4, requires_grad=True)
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return _elementwise(t)
+
+    torch.manual_seed(21)
+    out = drop_path_residual(x, branch, 0.5, True, skip_dropped=True)
+    out.sum().backward()
+    skip_grad = x.grad.clone()
+    x.grad = None
+    torch.manual_seed(21)
+    masked = drop_path_residual(x, _elementwise, 0.5, True, skip_dropped=False)
+    masked.sum().backward()
+    kept = int(((masked - x).abs().amax(dim=(1, 2)) > 0).sum())
+    assert seen[0] % 8 == 0 and kept <= seen[0] < kept + 8
+    assert torch.equal(out, masked) and torch.equal(skip_grad, x.grad)
+
+
+def test_policy():
+    assert branch_batch_granule(128, "cuda") == 16 and branch_batch_granule(40, "cuda") == 8
+    assert branch_batch_granule(128, "cpu") == 1
+    assert skip_pays(32, 0.1, "cpu") and skip_pays(2, 0.5, "cpu")
+    assert skip_pays(128, 0.4, "cuda") and skip_pays(256, 0.5, "cuda")
+    assert not skip_pays(128, 0.1, "cuda") and not skip_pays(128, 0.2, "cuda")
+    assert not skip_pays(16, 0.5, "cuda")  # small batches: the masked form
+    assert not skip_pays(128, 0.5, "mps")
+
+
+def test_auto_skips_on_cpu_and_not_under_transforms(backend):
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return t * 2
+
+    x = torch.randn(64, 3)
+    torch.manual_seed(0)
+    drop_path_residual(x, branch, 0.5, True)  # default "auto": skips on the CPU
+    assert seen[-1] < 64
+    torch.func.grad(lambda t: drop_path_residual(t, branch, 0.5, True).sum())(x)
+    assert seen[-1] == 64  # masked form inside torch.func
+
+
+def test_rng_order_is_mask_first_then_branch(backend):
+    """Documented order: skip mode draws the mask, then runs the branch on the
+    kept samples (in order); a branch that draws random numbers sees the
+    generator after the mask draw."""
+    x = torch.randn(32, 4)
+
+    def noisy(t):
+        return t + torch.rand_like(t)
+
+    torch.manual_seed(5)
+    out = drop_path_residual(x, noisy, 0.5, True, skip_dropped=True)
+    torch.manual_seed(5)
+    factors = functional._backend.sample_factors(x, 0.5, True, 0, None, None)
+    kept = factors.nonzero().squeeze(1)
+    expected = x.clone()
+    expected[kept] = x[kept] + noisy(x[kept]) * factors[kept].unsqueeze(1)
+    assert torch.equal(out, expected)
+    # the masked form (and timm) run the branch first, then draw
+    torch.manual_seed(5)
+    masked = drop_path_residual(x, noisy, 0.5, True, skip_dropped=False)
+    torch.manual_seed(5)
+    branch = noisy(x)
+    factors = functional._backend.sample_factors(x, 0.5, True, 0, None, None)
+    assert torch.equal(masked, x + branch * factors.unsqueeze(1))
+
+
+def test_generator_is_honoured_in_skip_mode(backend):
+    x = torch.randn(64, 3)
+    a = drop_path_residual(x, _elementwise, 0.5, True, generator=torch.Generator().manual_seed(1), skip_dropped=True)
+    b = drop_path_residual(x, _elementwise, 0.5, True, generator=torch.Generator().manual_seed(1), skip_dropped=False)
+    assert torch.equal(a, b)
