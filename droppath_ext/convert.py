@@ -3,15 +3,20 @@ this package's, and optionally rewrite known residual blocks to skip the
 compute of dropped samples.
 
 Known blocks (``fuse_residual=True``): timm's ViT ``Block``, timm's
-``ConvNeXtBlock`` and torchvision's ConvNeXt ``CNBlock``. Each is given a
-subclass whose ``forward`` computes ``x + drop_path(branch(x))`` with
-:func:`droppath_ext.drop_path_residual` (branch run on kept samples only) in
-eager mode, and with the fused ``drop_path_add`` op under TorchScript. Parameters, buffers and
-state-dict keys are unchanged, and eval outputs equal the original's.
+``ConvNeXtBlock`` (ConvNeXt v1 and v2) and torchvision's ConvNeXt ``CNBlock``.
+Each is given a subclass whose ``forward`` computes ``x + drop_path(branch(x))``
+with :func:`droppath_ext.drop_path_residual` in eager mode (the branch run on
+kept samples only where :func:`droppath_ext.residual.skip_pays` says so, by
+default) and with the fused ``drop_path_add`` op under TorchScript, reading the
+drop probability from the block's stochastic-depth child on every call.
+Parameters, buffers and state-dict keys are unchanged, eval outputs equal the
+original's bit for bit, and so do training outputs in the masked form
+(float32/float64, same seed).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -21,7 +26,7 @@ from torch import Tensor, nn
 
 from . import functional as F
 from .modules import DropPath, StochasticDepth
-from .residual import drop_path_residual
+from .residual import SkipDropped, drop_path_residual
 
 _log = logging.getLogger("droppath_ext")
 
@@ -63,134 +68,126 @@ def _replacement(module: nn.Module) -> Optional[nn.Module]:
     return new
 
 
-def _drop_settings(module: nn.Module) -> tuple[float, bool]:
-    """(drop_prob, scale_by_keep) of a stochastic-depth slot (Identity: no drop)."""
-    if isinstance(module, DropPath):
-        return module.drop_prob, module.scale_by_keep
-    if isinstance(module, StochasticDepth):
-        return float(module.p), True
-    return 0.0, True
-
-
 def _mixes_samples(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-# ---- fused block forwards -----------------------------------------------------------
-# Each is TorchScript-compatible: under scripting it uses the fused masked op
-# (closures cannot be scripted); in eager it skips dropped samples' compute.
+# ---- fused blocks -------------------------------------------------------------------
+# Each mixin goes first in a subclass of the block it fuses (_fused_class). Its
+# forward reads drop_prob / scale_by_keep from the block's own stochastic-depth
+# child on every call, so a drop-rate schedule that sets DropPath.drop_prob
+# (or StochasticDepth.p) acts on fused blocks too. A child that is nn.Identity
+# (timm's drop rate 0) means no drop; `hasattr` on a submodule is resolved when
+# TorchScript compiles, so only the branch that applies is compiled.
+# Under TorchScript the fused masked op is used (closures cannot be scripted);
+# in eager mode drop_path_residual, which skips dropped samples' compute where
+# that pays (skip_dropped, stored on the block at conversion).
 
 
-def _vit_attn_branch(self, x: Tensor) -> Tensor:
-    return self.ls1(self.attn(self.norm1(x)))
+class _FusedViTBlock:
+    """timm's ViT ``Block``: two residual branches, attention then MLP."""
+
+    def forward(
+        self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False
+    ) -> Tensor:
+        p1, s1 = 0.0, True
+        if hasattr(self.drop_path1, "drop_prob"):
+            p1, s1 = self.drop_path1.drop_prob, self.drop_path1.scale_by_keep
+        p2, s2 = 0.0, True
+        if hasattr(self.drop_path2, "drop_prob"):
+            p2, s2 = self.drop_path2.drop_prob, self.drop_path2.scale_by_keep
+        if torch.jit.is_scripting() or attn_mask is not None or is_causal:
+            branch = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
+            x = F._backend.add(x, branch, p1, self.training, s1, 0, None, None)
+            branch = self.ls2(self.mlp(self.norm2(x)))
+            return F._backend.add(x, branch, p2, self.training, s2, 0, None, None)
+        else:
+            x = drop_path_residual(
+                x, self._droppath_attn_branch, p1, self.training, s1, skip_dropped=self.droppath_skip
+            )
+            return drop_path_residual(
+                x, self._droppath_mlp_branch, p2, self.training, s2, skip_dropped=self.droppath_skip
+            )
+
+    def _droppath_attn_branch(self, x: Tensor) -> Tensor:
+        return self.ls1(self.attn(self.norm1(x)))
+
+    def _droppath_mlp_branch(self, x: Tensor) -> Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))
 
 
-def _vit_mlp_branch(self, x: Tensor) -> Tensor:
-    return self.ls2(self.mlp(self.norm2(x)))
+class _FusedTimmConvNeXtBlock:
+    """timm's ``ConvNeXtBlock`` (v1 and v2): ``shortcut(x) + drop_path(branch(x))``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        p, s = 0.0, True
+        if hasattr(self.drop_path, "drop_prob"):
+            p, s = self.drop_path.drop_prob, self.drop_path.scale_by_keep
+        shortcut = self.shortcut(x)
+        if torch.jit.is_scripting():
+            return F._backend.add(shortcut, self._droppath_branch(x), p, self.training, s, 0, None, None)
+        else:
+            return drop_path_residual(
+                x, self._droppath_branch, p, self.training, s, residual=shortcut,
+                skip_dropped=self.droppath_skip,
+            )
+
+    def _droppath_branch(self, x: Tensor) -> Tensor:
+        x = self.conv_dw(x)
+        if self.use_conv_mlp:
+            x = self.norm(x)
+            x = self.mlp(x)
+        else:
+            x = x.permute(0, 2, 3, 1)
+            x = self.norm(x)
+            x = self.mlp(x)
+            x = x.permute(0, 3, 1, 2)
+        if self.gamma is not None:
+            x = x.mul(self.gamma.reshape(1, -1, 1, 1))
+        return x
 
 
-def _vit_block_forward(
-    self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False
-) -> Tensor:
-    if torch.jit.is_scripting() or attn_mask is not None or is_causal:
-        branch = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
-        x = F._backend.add(x, branch, self.droppath_prob1, self.training, self.droppath_scale1, None)
-        branch = self.ls2(self.mlp(self.norm2(x)))
-        return F._backend.add(x, branch, self.droppath_prob2, self.training, self.droppath_scale2, None)
-    x = drop_path_residual(
-        x, self._droppath_attn_branch, self.droppath_prob1, self.training, self.droppath_scale1,
-        skip_dropped=self.droppath_skip,
-    )
-    return drop_path_residual(
-        x, self._droppath_mlp_branch, self.droppath_prob2, self.training, self.droppath_scale2,
-        skip_dropped=self.droppath_skip,
-    )
+class _FusedTorchvisionCNBlock:
+    """torchvision's ConvNeXt ``CNBlock``: ``input + stochastic_depth(layer_scale * block(input))``."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        p = float(self.stochastic_depth.p)
+        if torch.jit.is_scripting():
+            return F._backend.add(input, self._droppath_branch(input), p, self.training, True, 0, None, None)
+        else:
+            return drop_path_residual(
+                input, self._droppath_branch, p, self.training, True, skip_dropped=self.droppath_skip
+            )
+
+    def _droppath_branch(self, input: Tensor) -> Tensor:
+        return self.layer_scale * self.block(input)
 
 
-def _timm_convnext_branch(self, x: Tensor) -> Tensor:
-    x = self.conv_dw(x)
-    if self.use_conv_mlp:
-        x = self.norm(x)
-        x = self.mlp(x)
-    else:
-        x = x.permute(0, 2, 3, 1)
-        x = self.norm(x)
-        x = self.mlp(x)
-        x = x.permute(0, 3, 1, 2)
-    if self.gamma is not None:
-        x = x.mul(self.gamma.reshape(1, -1, 1, 1))
-    return x
+def _fusable_vit_block(block: nn.Module) -> bool:
+    # The fused forward calls attention with attn_mask and is_causal, as
+    # timm >= 1.0.20's Block does; other versions are left unfused.
+    params = list(inspect.signature(type(block).forward).parameters)
+    return params == ["self", "x", "attn_mask", "is_causal"]
 
 
-def _timm_convnext_forward(self, x: Tensor) -> Tensor:
-    shortcut = self.shortcut(x)
-    if torch.jit.is_scripting():
-        branch = self._droppath_branch(x)
-        return F._backend.add(shortcut, branch, self.droppath_prob, self.training, self.droppath_scale, None)
-    return drop_path_residual(
-        x, self._droppath_branch, self.droppath_prob, self.training, self.droppath_scale,
-        residual=shortcut, skip_dropped=self.droppath_skip,
-    )
+def _fusable_cnblock(block: nn.Module) -> bool:
+    # mode "batch" is one draw per batch: nothing per-sample to skip.
+    return block.stochastic_depth.mode == "row"
 
 
-def _torchvision_cnblock_branch(self, x: Tensor) -> Tensor:
-    return self.layer_scale * self.block(x)
-
-
-def _torchvision_cnblock_forward(self, input: Tensor) -> Tensor:
-    if torch.jit.is_scripting():
-        branch = self._droppath_branch(input)
-        return F._backend.add(input, branch, self.droppath_prob, self.training, True, None)
-    return drop_path_residual(
-        input, self._droppath_branch, self.droppath_prob, self.training, True,
-        skip_dropped=self.droppath_skip,
-    )
-
-
-def _fuse_vit_block(block: nn.Module, skip: bool) -> None:
-    block.droppath_prob1, block.droppath_scale1 = _drop_settings(block.drop_path1)
-    block.droppath_prob2, block.droppath_scale2 = _drop_settings(block.drop_path2)
-    block.droppath_skip = skip
-
-
-def _fuse_timm_convnext(block: nn.Module, skip: bool) -> None:
-    block.droppath_prob, block.droppath_scale = _drop_settings(block.drop_path)
-    block.droppath_skip = skip
-
-
-def _fuse_torchvision_cnblock(block: nn.Module, skip: bool) -> bool:
-    if block.stochastic_depth.mode != "row":
-        return False  # one draw per batch: nothing per-sample to skip
-    block.droppath_prob = float(block.stochastic_depth.p)
-    block.droppath_skip = skip
-    return True
-
-
-# class path -> (fuse(block, skip) -> None or False, {method name: function})
-_FUSERS: Dict[str, tuple[Callable, Dict[str, Callable]]] = {
-    "timm.models.vision_transformer.Block": (
-        _fuse_vit_block,
-        {"forward": _vit_block_forward, "_droppath_attn_branch": _vit_attn_branch,
-         "_droppath_mlp_branch": _vit_mlp_branch},
-    ),
-    "timm.models.convnext.ConvNeXtBlock": (
-        _fuse_timm_convnext,
-        {"forward": _timm_convnext_forward, "_droppath_branch": _timm_convnext_branch},
-    ),
-    "torchvision.models.convnext.CNBlock": (
-        _fuse_torchvision_cnblock,
-        {"forward": _torchvision_cnblock_forward, "_droppath_branch": _torchvision_cnblock_branch},
-    ),
+# class path -> (can this instance be fused?, the mixin that fuses it)
+_FUSERS: Dict[str, tuple[Callable[[nn.Module], bool], type]] = {
+    "timm.models.vision_transformer.Block": (_fusable_vit_block, _FusedViTBlock),
+    "timm.models.convnext.ConvNeXtBlock": (lambda block: True, _FusedTimmConvNeXtBlock),
+    "torchvision.models.convnext.CNBlock": (_fusable_cnblock, _FusedTorchvisionCNBlock),
 }
 _FUSED_CLASSES: Dict[type, type] = {}
 
 
-def _fused_class(cls: type, methods: Dict[str, Callable]) -> type:
+def _fused_class(cls: type, mixin: type) -> type:
     if cls not in _FUSED_CLASSES:
-        namespace = dict(methods)
-        namespace["__module__"] = __name__
-        namespace["__qualname__"] = f"DropPathFused{cls.__name__}"
-        _FUSED_CLASSES[cls] = type(f"DropPathFused{cls.__name__}", (cls,), namespace)
+        name = f"DropPathFused{cls.__name__}"
+        _FUSED_CLASSES[cls] = type(name, (mixin, cls), {"__module__": __name__, "__qualname__": name})
     return _FUSED_CLASSES[cls]
 
 
@@ -202,7 +199,7 @@ def convert_model(
     model: nn.Module,
     fuse_residual: bool = False,
     *,
-    skip_dropped: bool = True,
+    skip_dropped: SkipDropped = "auto",
     return_report: bool = False,
 ):
     """Replace every timm ``DropPath`` and torchvision ``StochasticDepth`` in
@@ -218,8 +215,11 @@ def convert_model(
             on kept samples only. Blocks whose branch mixes samples (BatchNorm)
             and unknown blocks are left as they are, logged, and listed in the
             report.
-        skip_dropped: with ``fuse_residual``, False keeps the fused masked form
-            (every sample computed) instead of skipping dropped samples.
+        skip_dropped: with ``fuse_residual``: ``"auto"`` (default) skips dropped
+            samples' compute where that is expected to be faster
+            (:func:`droppath_ext.residual.skip_pays`: on the CPU, and on CUDA at
+            high drop rates and large batches), ``True`` always, ``False``
+            never (the fused masked form, every sample computed).
         return_report: return ``(model, ConversionReport)`` instead of the model.
     """
     report = ConversionReport()
@@ -241,11 +241,12 @@ def convert_model(
                 if _holds_stochastic_depth(module):
                     report.unfused.append(name)
                 continue
-            fuse, methods = entry
-            if _mixes_samples(module) or fuse(module, skip_dropped) is False:
+            fusable, mixin = entry
+            if _mixes_samples(module) or not fusable(module):
                 report.unfused.append(name)
                 continue
-            module.__class__ = _fused_class(type(module), methods)
+            module.droppath_skip = skip_dropped
+            module.__class__ = _fused_class(type(module), mixin)
             report.fused.append(name)
         if report.unfused:
             _log.info("convert_model: left unfused (unknown or sample-mixing blocks): %s", report.unfused)

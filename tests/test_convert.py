@@ -1,13 +1,19 @@
 """convert_model on real timm and torchvision models (no pretrained weights)."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
 import droppath_ext as dp
 from droppath_ext.convert import convert_model
+from conftest import import_or_skip
 
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
+timm = import_or_skip("timm")
+torchvision = import_or_skip("torchvision")
 
 
 def _vit(rate=0.4):
@@ -38,10 +44,20 @@ def test_replaces_torchvision_stochastic_depth():
                    for m in model.modules())
 
 
+def _torchvision_small_convnext(rate):
+    """torchvision's ConvNeXt (CNBlock) at a test-friendly width and depth."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    return ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)], stochastic_depth_prob=rate,
+                    num_classes=10)
+
+
 MODELS = {
     "timm_vit": _vit,
     "timm_convnext": lambda rate: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=rate),
+    "timm_convnextv2": lambda rate: timm.create_model("convnextv2_atto", pretrained=False, drop_path_rate=rate),
     "torchvision_convnext": lambda rate: torchvision.models.convnext_tiny(stochastic_depth_prob=rate),
+    "torchvision_small_convnext": _torchvision_small_convnext,
 }
 
 
@@ -99,15 +115,84 @@ def test_fused_vit_block_skips_dropped_samples_compute():
     assert seen and seen[0] < 32
 
 
-def test_converted_vit_scripts_and_runs():
-    model = convert_model(_vit(), fuse_residual=True)
+_LOAD_AND_TRAIN = textwrap.dedent(
+    """
+    import sys
+    import torch
+    import droppath_ext
+
+    model = torch.jit.load(sys.argv[1])
+    x, expected = torch.load(sys.argv[2]), torch.load(sys.argv[3])
+    model.eval()
+    assert torch.equal(model(x), expected), "eval output differs after save/load"
+    model.train()
+    torch.manual_seed(0)
+    model(x).square().mean().backward()
+    assert any(p.grad is not None for p in model.parameters())
+    assert "droppath::add" in str(model.inlined_graph)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "name, shape, fused_class",
+    [("timm_vit", (4, 3, 32, 32), "DropPathFusedBlock"),
+     ("timm_convnext", (2, 3, 32, 32), "DropPathFusedConvNeXtBlock"),
+     ("timm_convnextv2", (2, 3, 32, 32), "DropPathFusedConvNeXtBlock"),
+     ("torchvision_small_convnext", (2, 3, 32, 32), "DropPathFusedCNBlock")],
+)
+def test_every_fused_block_scripts_saves_and_loads_in_a_fresh_process(name, shape, fused_class, tmp_path):
+    if not dp.backend().startswith("cpu"):
+        pytest.skip("scripting to droppath::add needs the compiled ops")
+    torch.manual_seed(0)
+    model, report = convert_model(MODELS[name](0.3), fuse_residual=True, return_report=True)
+    assert report.fused and {type(m).__name__ for m in model.modules()} >= {fused_class}
     scripted = torch.jit.script(model)
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(shape)
     model.eval()
     scripted.eval()
-    torch.testing.assert_close(scripted(x), model(x))
-    scripted.train()
-    scripted(x).sum().backward()
+    expected = model(x)
+    assert torch.equal(scripted(x), expected)
+    paths = [str(tmp_path / n) for n in ("model.pt", "x.pt", "expected.pt")]
+    scripted.save(paths[0])
+    torch.save(x, paths[1])
+    torch.save(expected.detach(), paths[2])
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_AND_TRAIN)
+    result = subprocess.run([sys.executable, "-P", str(script), *paths], capture_output=True, text=True,
+                            timeout=600, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("name, shape", [("timm_vit", (32, 3, 32, 32)), ("timm_convnext", (16, 3, 32, 32)),
+                                         ("torchvision_small_convnext", (16, 3, 32, 32))])
+@pytest.mark.parametrize("scripted", [False, True])
+def test_fused_blocks_follow_a_drop_rate_schedule(name, shape, scripted):
+    """Setting drop_prob on the stochastic-depth modules (a schedule) acts on
+    fused blocks, in eager mode and under TorchScript."""
+    torch.manual_seed(0)
+    model = convert_model(MODELS[name](0.3), fuse_residual=True).train()
+    runner = torch.jit.script(model) if scripted else model
+    x = torch.randn(shape)
+
+    def set_rate(rate):
+        for module in (runner.modules() if scripted else model.modules()):
+            if isinstance(module, (dp.DropPath,)) or getattr(module, "original_name", "") == "DropPath":
+                module.drop_prob = rate
+            if isinstance(module, dp.StochasticDepth) or getattr(module, "original_name", "") == "StochasticDepth":
+                module.p = rate
+
+    set_rate(0.0)
+    runner.eval()
+    eval_out = runner(x)
+    runner.train()
+    assert torch.equal(runner(x), eval_out)  # rate 0: training output is the eval output
+    set_rate(1.0)
+    torch.manual_seed(0)
+    every_drop = runner(x)
+    assert not torch.equal(every_drop, eval_out)  # rate 1: every branch dropped
 
 
 def test_unknown_blocks_are_reported_and_left_alone(caplog):

@@ -10,7 +10,9 @@ import sys
 import pytest
 import torch
 
-pytest.importorskip("timm")
+from conftest import import_or_skip
+
+import_or_skip("timm")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable"),

@@ -28,9 +28,9 @@ def _model():
 
 
 def _set_drop(model, prob):
-    for block in model.blocks:
-        if hasattr(block, "droppath_prob1"):
-            block.droppath_prob1 = block.droppath_prob2 = prob
+    for module in model.modules():
+        if isinstance(module, dp.DropPath):
+            module.drop_prob = prob
 
 
 def _wrap(model, mode):
