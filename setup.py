@@ -7,6 +7,7 @@ Environment switches:
   MAX_JOBS=N                  parallel compile jobs (read by torch's ninja build)
   DEBUG=1                     -O0 -g instead of -O3
   DROPPATH_EXT_SANITIZE=...   e.g. address,undefined: build with -fsanitize (scripts/sanitize_cpu.sh)
+  CC / CXX                    the host compiler (GCC >= 9 or clang >= 14)
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
-
+import platform
 import shutil
+import sys
 
 import torch
 from setuptools import setup
@@ -47,6 +48,7 @@ from torch.utils import cpp_extension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+CPU_DIR = os.path.join("csrc", "cpu")
 
 
 def _flag(name: str) -> bool:
@@ -57,7 +59,7 @@ def _cuda_unavailable_reason() -> str | None:
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is not a CUDA build"
     if cpp_extension.CUDA_HOME is None:
-        return "no CUDA toolkit found (set CUDA_HOME)"
+        return "no CUDA toolkit found (install one matching torch's CUDA major version, or set CUDA_HOME)"
     nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")
     if not os.path.exists(nvcc):
         return f"no nvcc at {nvcc}"
@@ -73,23 +75,24 @@ def _build_cuda() -> bool:
     return reason is None
 
 
-def _nvidia_wheel_includes() -> list[str]:
-    """Include folders of the nvidia-* wheels torch depends on.
+def _capability_flags() -> dict[str, list[str]]:
+    """capability -> its compiler flags, from csrc/cpu/capability_flags.txt."""
+    builds = {}
+    with open(os.path.join(ROOT, CPU_DIR, "capability_flags.txt")) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                name, *flags = line.split()
+                builds[name] = flags
+    return builds
 
-    A bare system toolkit may lack the cuRAND/cuSPARSE headers that torch's
-    CUDA headers include; the wheels carry them. Found from the installed
-    `nvidia` package, never from a fixed path.
-    """
-    try:
-        import nvidia  # type: ignore[import-not-found]
-    except ImportError:
-        return []
-    found = []
-    for base in nvidia.__path__:
-        for include in sorted(glob.glob(os.path.join(base, "*", "include"))):
-            if glob.glob(os.path.join(include, "cu*.h")):
-                found.append(include)
-    return found
+
+def _capability_source(name: str) -> str:
+    return os.path.join(CPU_DIR, f"rows_kernel_{name.lower()}.cpp")
+
+
+CAPABILITY_FLAGS = _capability_flags()
+# The x86-64 capability builds; elsewhere only the portable one (DEFAULT).
+CAPABILITY_BUILDS = CAPABILITY_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else {}
 
 
 def _extension():
@@ -106,8 +109,9 @@ def _extension():
     if sanitize:
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
         ldflags.append(f"-fsanitize={sanitize}")
+    capability_sources = {_capability_source(name) for name in CAPABILITY_FLAGS}
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources += [s for s in sorted(glob.glob(os.path.join(CPU_DIR, "*.cpp"))) if s not in capability_sources]
     kwargs = dict(
         name="droppath_ext._C",
         sources=sources,
@@ -119,7 +123,6 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
     kwargs["sources"] += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    kwargs["include_dirs"] += _nvidia_wheel_includes()
     return (
         cpp_extension.CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs),
         True,
@@ -130,7 +133,35 @@ EXTENSION, WITH_CUDA = _extension()
 
 
 class BuildExtension(cpp_extension.BuildExtension):
-    """torch's BuildExtension, plus droppath_ext/_build_info.json: what was built."""
+    """torch's BuildExtension, plus two things it cannot do by itself:
+
+    - compile each CPU capability source (rows_kernel_avx2.cpp, ...) with its
+      own -m flags, as PyTorch does for its own kernels, and link the objects
+      in after the baseline ones;
+    - write droppath_ext/_build_info.json: what was built, against which torch.
+    """
+
+    def build_extension(self, ext) -> None:
+        if ext is EXTENSION:
+            ext.extra_objects = [obj for obj in ext.extra_objects if "cpu_capability_" not in obj]
+            ext.extra_objects += self._compile_capability_builds(ext)
+        super().build_extension(ext)
+
+    def _compile_capability_builds(self, ext) -> list[str]:
+        objects = []
+        cxx = ext.extra_compile_args["cxx"]  # torch's additions (ABI, extension name) included
+        for name, flags in CAPABILITY_BUILDS.items():
+            # A folder per capability: torch's ninja compile writes one build file per folder.
+            objects += self.compiler.compile(
+                [_capability_source(name)],
+                output_dir=os.path.join(self.build_temp, f"cpu_capability_{name.lower()}"),
+                macros=ext.define_macros,
+                include_dirs=ext.include_dirs,
+                debug=self.debug,
+                extra_postargs=list(cxx) + flags,
+                depends=ext.depends,
+            )
+        return objects
 
     def run(self) -> None:
         super().run()
@@ -140,9 +171,8 @@ class BuildExtension(cpp_extension.BuildExtension):
             "with_cuda": WITH_CUDA,
             "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if WITH_CUDA else None,
             "openmp": bool(torch._C.has_openmp),
-            "cpu_capabilities": ["DEFAULT", "AVX2", "AVX512"]
-            if os.uname().machine in ("x86_64", "AMD64")
-            else ["DEFAULT"],
+            "cpu_capabilities": ["DEFAULT", *CAPABILITY_BUILDS],
+            "compiler": self._compiler_name(),
             "debug": _flag("DEBUG"),
             "sanitize": os.environ.get("DROPPATH_EXT_SANITIZE") or None,
             "cxx_flags": EXTENSION.extra_compile_args["cxx"],
@@ -156,6 +186,10 @@ class BuildExtension(cpp_extension.BuildExtension):
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "_build_info.json"), "w") as f:
                 json.dump(info, f, indent=2, sort_keys=True)
+
+    def _compiler_name(self) -> str | None:
+        compiler = getattr(self.compiler, "compiler_cxx", None)
+        return " ".join(compiler) if compiler else None
 
 
 setup(

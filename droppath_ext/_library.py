@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
+import sys
 import warnings
 
 import torch
 
 FORCE_PYTHON_ENV = "DROPPATH_EXT_FORCE_PYTHON"
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+REBUILD_COMMAND = "pip install --no-build-isolation --no-deps --force-reinstall ."
 
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def build_record() -> dict | None:
+    """What the build recorded (``_build_info.json``: torch version, CUDA, flags), or None."""
+    try:
+        with open(os.path.join(PACKAGE_DIR, "_build_info.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def torch_mismatch() -> str | None:
+    """"built for torch X, running Y" when the library was built against another torch."""
+    record = build_record()
+    built = record.get("torch_version") if record else None
+    if built and built != torch.__version__:
+        return f"built for torch {built}, running {torch.__version__}"
+    return None
 
 
 def _dlopen_error(path: str) -> str | None:
@@ -30,11 +52,10 @@ def _load() -> tuple[bool, str]:
         return False, f"{FORCE_PYTHON_ENV} is set"
     spec = importlib.util.find_spec("droppath_ext._C")
     if spec is None or spec.origin is None:
-        package_dir = os.path.dirname(os.path.abspath(__file__))
-        if os.path.exists(os.path.join(os.path.dirname(package_dir), "setup.py")):
+        if os.path.exists(os.path.join(os.path.dirname(PACKAGE_DIR), "setup.py")):
             return False, (
                 f"compiled library droppath_ext._C not found: droppath_ext was imported from the "
-                f"source checkout {package_dir}, not from the installed package (run from outside "
+                f"source checkout {PACKAGE_DIR}, not from the installed package (run from outside "
                 f"the checkout or with `python -P`, or build in place with "
                 f"`pip install --no-build-isolation -e .`)"
             )
@@ -42,17 +63,47 @@ def _load() -> tuple[bool, str]:
     try:
         torch.ops.load_library(spec.origin)
     except (OSError, RuntimeError) as error:
-        return False, f"compiled library {spec.origin} failed to load: {_dlopen_error(spec.origin) or error}"
+        reason = f"compiled library {spec.origin} failed to load: {_dlopen_error(spec.origin) or error}"
+        mismatch = torch_mismatch()
+        if mismatch:
+            reason = (
+                f"the compiled library was {mismatch}, and does not load in this torch; rebuild it "
+                f"against the torch you run, in the droppath_ext source folder: `{REBUILD_COMMAND}` "
+                f"({reason})"
+            )
+        return False, reason
     return True, f"compiled library loaded from {spec.origin}"
 
 
-LOADED, REASON = _load()
-if not LOADED and not _truthy(os.environ.get(FORCE_PYTHON_ENV)):
+def _caller_stacklevel() -> int:
+    """The stacklevel that makes a warning point at the first frame outside
+    this package and the import machinery: the user's ``import droppath_ext``.
+    (warnings.warn itself does not count importlib's frames.)"""
+    # Counted from _warn_fallback (stacklevel 1): its caller is stacklevel 2.
+    frame, level = sys._getframe(2), 2
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib"):
+            frame = frame.f_back
+            continue
+        if not filename.startswith(PACKAGE_DIR):
+            break
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _warn_fallback(reason: str) -> None:
     warnings.warn(
-        f"droppath_ext: using the pure-Python fallback: {REASON}",
+        f"droppath_ext: using the pure-Python fallback: {reason}",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=_caller_stacklevel(),
     )
+
+
+LOADED, REASON = _load()
+FORCED_PYTHON = _truthy(os.environ.get(FORCE_PYTHON_ENV))
+if not LOADED and not FORCED_PYTHON:
+    _warn_fallback(REASON)
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

@@ -8,26 +8,39 @@ reference. Ends with ``PASS`` or ``FAIL``; exits non-zero on ``FAIL``.
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
-from importlib import resources
 from typing import Callable
 
 import torch
 
 from . import __version__, _library, _reference, functional
 
-OPS = ["forward", "add", "_sample_factors", "_scale_rows", "_add_rows", "_cpu_kernel_capability"]
+OPS = [
+    "forward", "add", "_sample_factors", "_scale_rows", "_add_rows", "_take_rows", "_add_taken_rows",
+    "_cpu_kernel_capability",
+]
 DISPATCH_KEYS = ["CPU", "CUDA", "Meta", "Autograd", "CompositeImplicitAutograd"]
 
 
 def build_info() -> dict | None:
     """The record the build wrote (``_build_info.json``), or None if absent."""
-    path = resources.files(__package__) / "_build_info.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    return _library.build_record()
+
+
+def setup_failures() -> list[str]:
+    """What is wrong with the installation itself, whatever the kernels compute:
+    a library built against another torch, and a fallback nobody asked for."""
+    failures = []
+    mismatch = _library.torch_mismatch()
+    if mismatch:
+        failures.append(
+            f"build: the compiled library was {mismatch}; rebuild it in the droppath_ext source "
+            f"folder: `{_library.REBUILD_COMMAND}`"
+        )
+    if not _library.LOADED and not _library.FORCED_PYTHON:
+        failures.append(f"backend: the pure-Python fallback is in use, unrequested: {_library.REASON}")
+    return failures
 
 
 def _registered_keys(op: str) -> list[str]:
@@ -117,7 +130,7 @@ def main() -> int:
             lines.append(f"op droppath::{op:<16} {', '.join(_registered_keys(op)) or '-'}")
     print("\n".join(lines))
 
-    failures = []
+    failures = setup_failures()
     for device in _devices():
         device_failures = _self_check_device(device)
         print(f"self-check   {device}: {'ok' if not device_failures else f'{len(device_failures)} failures'}")

@@ -41,13 +41,27 @@ class _Net(torch.nn.Module):
         return dp.drop_path_add(x, self.fc2(x), 0.3, self.training)
 
 
-def test_cmake_package_and_cpp_example(tmp_path):
+def _nvcc():
+    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
+    return shutil.which("nvcc") or (os.path.join(home, "bin", "nvcc") if os.path.exists(os.path.join(home, "bin", "nvcc")) else None)
+
+
+@pytest.mark.parametrize("with_cuda", [False, True], ids=["cpu", "cuda"])
+def test_cmake_package_and_cpp_example(tmp_path, with_cuda):
+    """Configure, build and install the library (with the CUDA kernels: they
+    compile and link with no GPU present), then build and run the example."""
+    if with_cuda and (torch.version.cuda is None or _nvcc() is None):
+        pytest.skip("needs a CUDA build of torch and nvcc")
     env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=os.environ.get("MAX_JOBS", "2"))
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     python = [f"-DPython3_EXECUTABLE={sys.executable}"]
     build, prefix, example = tmp_path / "build", tmp_path / "prefix", tmp_path / "example"
-    _run(["cmake", "-S", ROOT, "-B", str(build), *generator, *python], env=env)
+    options = [f"-DDROPPATH_WITH_CUDA={'ON' if with_cuda else 'OFF'}"]
+    _run(["cmake", "-S", ROOT, "-B", str(build), *generator, *python, *options], env=env)
     _run(["cmake", "--build", str(build)], env=env)
+    if with_cuda:
+        symbols = _run(["nm", "-DC", str(next(build.glob("libdroppath.so*")))])
+        assert "cudaLaunchKernel" in symbols or "__cudaRegisterFatBinary" in symbols, "no CUDA code linked"
     _run(["cmake", "--install", str(build), "--prefix", str(prefix)], env=env)
     assert (prefix / "include" / "droppath" / "droppath.h").exists()
     _run(["cmake", "-S", os.path.join(ROOT, "examples", "cpp"), "-B", str(example), *generator, *python,

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from importlib import resources
 
@@ -14,8 +15,8 @@ import torch
 import droppath_ext as dp
 from droppath_ext import _library
 
-PRIVATE_OPS = ["_sample_factors", "_scale_rows", "_add_rows"]
-PUBLIC_OPS = ["forward", "add"]
+KERNEL_OPS = ["_scale_rows", "_add_rows", "_take_rows", "_add_taken_rows"]
+COMPOSITE_OPS = ["forward", "add", "_sample_factors"]
 
 
 def _build_info():
@@ -34,11 +35,13 @@ def test_compiled_library_is_in_use_when_ci_expects_it():
 
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
 def test_every_op_has_cpu_meta_and_autograd_kernels():
-    for op in PRIVATE_OPS:
+    for op in KERNEL_OPS:
         for key in ("CPU", "Meta", "Autograd"):
             assert _library.has_kernel(op, key), (op, key)
-    for op in PUBLIC_OPS:
+    for op in COMPOSITE_OPS:
+        # composite for every key, including vmap's decomposition key
         assert _library.has_kernel(op, "CompositeImplicitAutograd"), op
+        assert _library.has_kernel(op, "FuncTorchBatchedDecomposition"), op
 
 
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
@@ -48,7 +51,7 @@ def test_cuda_kernels_registered_for_every_op_when_built_with_cuda():
         assert info["with_cuda"], "CI expects the CUDA kernels to be compiled"
     if not info["with_cuda"]:
         pytest.skip("built without CUDA")
-    for op in PRIVATE_OPS:
+    for op in KERNEL_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"droppath::{op}", "CUDA"), op
     assert dp.backend() == "cpu+cuda"
 
@@ -128,4 +131,68 @@ def test_info_self_check_passes_for_each_cpu_capability(capability):
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"ATen capability {capability.upper()}" in result.stdout
     assert f"cpu kernels  {capability.upper()}" in result.stdout
+    assert result.stdout.strip().endswith("PASS")
+
+
+def _package_copy(tmp_path, torch_version, library_bytes):
+    """A copy of the installed package's Python files with a given build record
+    and compiled library, importable from tmp_path."""
+    source = os.path.dirname(dp.__file__)
+    target = tmp_path / "droppath_ext"
+    target.mkdir()
+    for name in os.listdir(source):
+        if name.endswith(".py"):
+            (target / name).write_text(open(os.path.join(source, name)).read())
+    if torch_version is not None:
+        (target / "_build_info.json").write_text(json.dumps({"torch_version": torch_version}))
+    if library_bytes is not None:
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        (target / f"_C{suffix}").write_bytes(library_bytes)
+    return tmp_path
+
+
+def _run_in(folder, code, *args, **env_overrides):
+    env = dict(os.environ, PYTHONPATH=str(folder), **env_overrides)
+    env.pop(_library.FORCE_PYTHON_ENV, None) if _library.FORCE_PYTHON_ENV not in env_overrides else None
+    return subprocess.run([sys.executable, "-P", *args], input=code, capture_output=True, text=True,
+                          env=env, timeout=300, cwd=str(folder))
+
+
+def test_torch_swapped_under_the_build_warns_at_the_users_import(tmp_path):
+    folder = _package_copy(tmp_path, "2.0.0+cpu", b"not a shared library")
+    user = folder / "user_script.py"
+    user.write_text(textwrap.dedent(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import droppath_ext
+        mine = [w for w in caught if "droppath_ext" in str(w.message)]
+        assert len(mine) == 1, [str(w.message) for w in caught]
+        print("FILE", mine[0].filename)
+        print("MESSAGE", mine[0].message)
+        """
+    ))
+    result = subprocess.run([sys.executable, "-P", str(user)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(folder)))
+    assert result.returncode == 0, result.stderr
+    assert f"FILE {user}" in result.stdout  # points at the user's import, not at the package
+    assert f"built for torch 2.0.0+cpu, running {torch.__version__}" in result.stdout
+    assert _library.REBUILD_COMMAND in result.stdout
+
+
+def test_info_fails_on_a_torch_mismatch(tmp_path):
+    folder = _package_copy(tmp_path, "2.0.0+cpu", b"not a shared library")
+    result = _run_in(folder, "", "-m", "droppath_ext.info")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"built for torch 2.0.0+cpu, running {torch.__version__}" in result.stdout
+    assert result.stdout.strip().endswith("FAIL")
+
+
+def test_info_fails_on_an_unrequested_fallback_and_passes_a_requested_one(tmp_path):
+    folder = _package_copy(tmp_path, None, None)  # no compiled library at all
+    result = _run_in(folder, "", "-m", "droppath_ext.info")
+    assert result.returncode == 1 and "fallback is in use, unrequested" in result.stdout, result.stdout
+    result = _run_in(folder, "", "-m", "droppath_ext.info", DROPPATH_EXT_FORCE_PYTHON="1")
+    assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("PASS")
