@@ -1,37 +1,179 @@
-"""Training-step benchmark on a real model: stock timm vs ``convert_model(fuse_residual=True)``.
+"""Training-step benchmark on real timm models: stock vs converted, eager and compiled.
 
-    python benchmarks/train_step.py                      # ViT-Tiny, batch 32, rates 0.1 and 0.4
-    python benchmarks/train_step.py --loss-steps 50      # plus a loss-curve comparison
+    python benchmarks/train_step.py                                   # CPU: ViT-Tiny, batch 32
+    python benchmarks/train_step.py --device cuda --amp bf16 --model vit_base_patch16_224 --batch 128
+    python benchmarks/train_step.py --compile --rates 0.4             # eager and torch.compile
+    python benchmarks/train_step.py --loss-steps 50                   # plus a loss-curve comparison
 
-Step = forward + cross-entropy + backward + SGD update, CPU, random data.
-Stock and converted models are timed alternately, step by step, and the
-medians compared. The loss comparison trains both from the same
-initialisation on the same batches (a fixed seed schedule) and reports the
-mean and standard deviation of each loss curve: the masks differ between the
-two implementations (different RNG consumption), so the curves are compared
-statistically, not step by step.
+Variants, each its own model from the same initial weights:
+
+- ``stock``: timm as is;
+- ``default``: ``convert_model(fuse_residual=True)`` (skip where ``skip_pays``);
+- ``skip``: ``skip_dropped=True`` (always skip dropped samples' compute);
+- ``masked``: ``skip_dropped=False`` (fused masked op, every sample computed);
+- ``dinov2``: timm's ViT blocks patched with DINOv2's fixed-size random subset
+  (``index_add`` back, scaled by batch / subset) -- not per-sample Bernoulli, the
+  bar skip mode is measured against (ViT models only).
+
+Step = forward + cross-entropy + backward + optimizer step (SGD on the CPU,
+fused AdamW on CUDA) on random data, optionally under bf16 autocast. Variants
+are timed alternately, step by step (CUDA: synchronised), so drift hits all
+alike. Reported per variant: the median of the first ``--first-steps`` steps
+(cold start: cuDNN plans, autotuning, compilation), the median of the steady
+steps after them, the speedup over stock (steady), and peak memory. Under
+``--compile`` the converted models always use the masked form (skip mode
+needs eager shapes), so ``skip``/``masked`` are not compiled separately.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
 import time
+import types
 
 import torch
 
 import droppath_ext as dp
 
 
-def _make(model_name: str, rate: float, img_size: int, depth: int | None):
+def _make(model_name: str, rate: float, img_size: int | None, depth: int | None):
     import timm
 
-    kwargs = dict(pretrained=False, drop_path_rate=rate, num_classes=100, img_size=img_size)
+    kwargs = dict(pretrained=False, drop_path_rate=rate, num_classes=100)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
     if depth is not None:
         kwargs["depth"] = depth
     return timm.create_model(model_name, **kwargs)
+
+
+# ---- DINOv2's stochastic depth (facebookresearch/dinov2, layers/block.py) -------------
+
+
+def _dinov2_residual(x: torch.Tensor, branch, drop_prob: float) -> torch.Tensor:
+    batch = x.shape[0]
+    subset = max(int(batch * (1 - drop_prob)), 1)
+    index = torch.randperm(batch, device=x.device)[:subset]
+    out = branch(x[index])
+    scale = batch / subset
+    return torch.index_add(x.flatten(1), 0, index, out.to(x.dtype).flatten(1), alpha=scale).view_as(x)
+
+
+def _dinov2_block_forward(self, x, attn_mask=None, is_causal=False):
+    p1 = getattr(self.drop_path1, "drop_prob", 0.0)
+    p2 = getattr(self.drop_path2, "drop_prob", 0.0)
+    if not self.training or p1 == 0.0:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+    else:
+        x = _dinov2_residual(x, lambda t: self.ls1(self.attn(self.norm1(t))), p1)
+    if not self.training or p2 == 0.0:
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+    return _dinov2_residual(x, lambda t: self.ls2(self.mlp(self.norm2(t))), p2)
+
+
+def _dinov2(model):
+    blocks = [m for m in model.modules() if type(m).__name__ == "Block" and hasattr(m, "drop_path1")]
+    if not blocks:
+        return None
+    for block in blocks:
+        block.forward = types.MethodType(_dinov2_block_forward, block)
+    return model
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+
+def _variants(stock, names):
+    made = {}
+    for name in names:
+        if name == "stock":
+            made[name] = stock
+        elif name == "dinov2":
+            patched = _dinov2(copy.deepcopy(stock))
+            if patched is not None:
+                made[name] = patched
+        else:
+            skip = {"default": "auto", "skip": True, "masked": False}[name]
+            made[name] = dp.convert_model(copy.deepcopy(stock), fuse_residual=True, skip_dropped=skip)
+    return made
+
+
+def _optimizer(model, device):
+    if device == "cuda":
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    return torch.optim.SGD(model.parameters(), lr=1e-3)
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variants(args, rate: float, compiled: bool) -> dict:
+    device = args.device
+    torch.manual_seed(0)
+    stock = _make(args.model, rate, args.img_size, args.depth).to(device).train()
+    names = args.variants.split(",")
+    if compiled:
+        names = [n for n in names if n not in ("skip", "masked")]
+    models = _variants(stock, names)
+    if compiled:
+        models = {name: torch.compile(model) for name, model in models.items()}
+    optims = {name: _optimizer(model, device) for name, model in models.items()}
+    size = args.img_size or stock.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    amp = (torch.autocast(device, dtype=torch.bfloat16) if args.amp == "bf16" else contextlib.nullcontext)
+    times = {name: [] for name in models}
+    peak = {name: 0 for name in models}
+    order = list(models)
+    for step in range(args.first_steps + args.steps):
+        for name in order if step % 2 == 0 else order[::-1]:
+            model, optimizer = models[name], optims[name]
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            _sync(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with amp():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+            if device == "cuda":
+                peak[name] = max(peak[name], torch.cuda.max_memory_allocated())
+    result = {}
+    for name, values in times.items():
+        first, steady = values[: args.first_steps], values[args.first_steps :]
+        result[name] = {
+            "first_median_s": statistics.median(first) if first else None,
+            "steady_median_s": statistics.median(steady),
+            "peak_bytes": peak[name] or None,
+            "raw_s": values,
+        }
+    return result
+
+
+def _table(rows) -> str:
+    header = f"{'mode':<8} {'rate':>5} {'variant':<8} {'first ms':>9} {'steady ms':>10} {'vs stock':>9} {'peak MiB':>9}"
+    lines = [header, "-" * len(header)]
+    for mode, rate, res in rows:
+        stock = res.get("stock", {}).get("steady_median_s")
+        for name, r in res.items():
+            first = f"{r['first_median_s'] * 1e3:.1f}" if r["first_median_s"] else "-"
+            speed = f"{stock / r['steady_median_s']:.3f}x" if stock else "-"
+            peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
+            lines.append(f"{mode:<8} {rate:>5} {name:<8} {first:>9} {r['steady_median_s'] * 1e3:>10.1f} "
+                         f"{speed:>9} {peak:>9}")
+    return "\n".join(lines)
+
+
+# ---- loss curves (CPU) -------------------------------------------------------------------
 
 
 def _step(model, optimizer, x, y) -> float:
@@ -42,25 +184,10 @@ def _step(model, optimizer, x, y) -> float:
     return loss.item()
 
 
-def time_steps(model_name, rate, batch, img_size, depth, steps, warmup):
-    torch.manual_seed(0)
-    stock = _make(model_name, rate, img_size, depth).train()
-    fused = dp.convert_model(copy.deepcopy(stock), fuse_residual=True).train()
-    models = {"stock": stock, "fused": fused}
-    optims = {k: torch.optim.SGD(m.parameters(), lr=1e-3) for k, m in models.items()}
-    x = torch.randn(batch, 3, img_size, img_size)
-    y = torch.randint(0, 100, (batch,))
-    times = {k: [] for k in models}
-    for i in range(warmup + steps):
-        for name in (("stock", "fused") if i % 2 == 0 else ("fused", "stock")):
-            start = time.perf_counter()
-            _step(models[name], optims[name], x, y)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}, times
-
-
 def loss_curves(model_name, rate, batch, img_size, depth, steps):
+    """Stock and converted trained from the same initialisation on the same
+    batches with the same seed: on the CPU the masks are the same draws, so
+    the curves should coincide."""
     torch.manual_seed(0)
     stock = _make(model_name, rate, img_size, depth).train()
     fused = dp.convert_model(copy.deepcopy(stock), fuse_residual=True).train()
@@ -78,45 +205,55 @@ def loss_curves(model_name, rate, batch, img_size, depth, steps):
     return curves
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_tiny_patch16_224")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--img-size", type=int, default=None, help="default: the model's own")
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--rates", default="0.1,0.4")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--variants", default="stock,default,skip,masked,dinov2")
+    parser.add_argument("--amp", choices=["none", "bf16"], default="none")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
+    parser.add_argument("--compile-only", action="store_true", help="time only the torch.compile'd variants")
+    parser.add_argument("--first-steps", type=int, default=3, help="cold-start steps, reported apart")
+    parser.add_argument("--steps", type=int, default=6, help="steady-state steps after them")
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")
     parser.add_argument("--loss-img-size", type=int, default=64)
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no GPU is visible")
 
-    print(f"{args.model}, batch {args.batch}, img {args.img_size}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, droppath_ext backend {dp.backend()}")
-    results = {}
-    print(f"{'drop_path_rate':>14} {'stock ms':>10} {'fused ms':>10} {'speedup':>8}")
-    for rate in (float(r) for r in args.rates.split(",")):
-        med, raw = time_steps(args.model, rate, args.batch, args.img_size, args.depth, args.steps, args.warmup)
-        results[rate] = {"median_s": med, "raw_s": raw}
-        print(f"{rate:>14} {med['stock'] * 1e3:>10.0f} {med['fused'] * 1e3:>10.0f} {med['stock'] / med['fused']:>8.2f}",
-              flush=True)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.model}, batch {args.batch}, {where}, amp {args.amp}, torch {torch.__version__}, "
+          f"droppath_ext backend {dp.backend()}; medians of {args.first_steps} first and {args.steps} steady "
+          f"steps, variants interleaved", flush=True)
+    modes = (["compile"] if args.compile_only else ["eager"] + (["compile"] if args.compile else []))
+    rows, results = [], {}
+    for mode in modes:
+        for rate in (float(r) for r in args.rates.split(",")):
+            res = time_variants(args, rate, compiled=mode == "compile")
+            rows.append((mode, rate, res))
+            results[f"{mode}/{rate}"] = res
+            print(_table([(mode, rate, res)]).split("\n", 2)[-1], flush=True)
+    print()
+    print(_table(rows))
     if args.loss_steps:
         rate = max(float(r) for r in args.rates.split(","))
         curves = loss_curves(args.model, rate, args.batch, args.loss_img_size, args.depth, args.loss_steps)
         results["loss_curves"] = curves
         for name, losses in curves.items():
-            tail = losses[len(losses) // 2:]
             print(f"loss {name:<5} rate {rate}: mean {statistics.mean(losses):.4f} std {statistics.stdev(losses):.4f} "
-                  f"| second half mean {statistics.mean(tail):.4f} std {statistics.stdev(tail):.4f} "
                   f"| first {losses[0]:.4f} last {losses[-1]:.4f}")
-        diffs = [a - b for a, b in zip(curves["stock"], curves["fused"])]
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5
-        print(f"mean(stock - fused) = {statistics.mean(diffs):.4f} +- {se:.4f} (standard error)")
+        same = sum(a == b for a, b in zip(curves["stock"], curves["fused"]))
+        print(f"steps with identical loss: {same}/{len(curves['stock'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,6 +13,11 @@ Every cell times all candidates side by side, interleaved over several rounds
   (fused residual), plus ``grad.clone()`` for the backward cases.
 
 Ratios: ``ours/limit`` (1.00 is the floor) and ``timm/ours`` (speedup over timm).
+
+A second table times the sample layouts against each other at the same size:
+batch-first ``[B, S, H]`` (``batch_dim=0``), sequence-first ``[S, B, H]``
+(``batch_dim=1``) and a packed ``[B * S, H]`` batch of B sequences of random
+lengths (``cu_seqlens``), forward and forward+backward; ratios to batch-first.
 """
 
 from __future__ import annotations
@@ -140,6 +145,65 @@ def run_cell(shape, dtype_name, case, device, p, min_run_time, rounds, compiled_
     return cell
 
 
+LAYOUTS = ["batch-first", "seq-first", "packed"]
+DEFAULT_LAYOUT_SHAPES = [(32, 197, 768), (64, 128, 1024)]
+
+
+def _random_offsets(batch: int, tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """cu_seqlens for ``batch`` sequences of random lengths (some empty) adding up to ``tokens``."""
+    cuts = torch.randint(0, tokens + 1, (batch - 1,), generator=generator).sort().values
+    return torch.cat([torch.zeros(1, dtype=torch.int64), cuts, torch.tensor([tokens])])
+
+
+def run_layout_cell(shape, dtype_name, case, device, p, min_run_time, rounds) -> dict:
+    """Seconds per call for each sample layout of the same B x S x H elements."""
+    batch, seq, hidden = shape
+    dtype = DTYPES[dtype_name]
+    gen = torch.Generator().manual_seed(0)
+    backward = case == "forward+backward"
+    base = torch.randn(batch * seq * hidden, generator=gen).to(device=device, dtype=dtype)
+    grad = torch.randn(batch * seq * hidden, generator=gen).to(device=device, dtype=dtype)
+    inputs = {
+        "batch-first": (base.view(batch, seq, hidden), 0, None),
+        "seq-first": (base.view(seq, batch, hidden), 1, None),
+        "packed": (base.view(batch * seq, hidden), 0, _random_offsets(batch, batch * seq, gen).to(device)),
+    }
+    stmts = {}
+    for name, (x, dim, cu) in inputs.items():
+        x = x.detach().requires_grad_(backward)
+
+        def call(x=x, dim=dim, cu=cu):
+            return functional.drop_path(x, p, True, batch_dim=dim, cu_seqlens=cu)
+
+        g = grad.view(x.shape)
+        stmts[name] = (lambda call=call, x=x, g=g: torch.autograd.grad(call(), (x,), g)) if backward else call
+    for stmt in stmts.values():
+        for _ in range(3):
+            stmt()
+    timers = {name: tbench.Timer(stmt="stmt()", globals={"stmt": s}, num_threads=torch.get_num_threads())
+              for name, s in stmts.items()}
+    samples: dict[str, list[float]] = {name: [] for name in stmts}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {"shape": list(shape), "dtype": dtype_name, "case": case,
+            "seconds": {name: statistics.median(v) for name, v in samples.items()}}
+
+
+def format_layout_table(cells: list[dict]) -> str:
+    header = (f"{'B x S x H':<16} {'dtype':<5} {'case':<18} "
+              + " ".join(f"{n + ' ms':>15}" for n in LAYOUTS) + f" {'seq/batch':>9} {'packed/batch':>12}")
+    lines = [header, "-" * len(header)]
+    for c in cells:
+        t = c["seconds"]
+        lines.append(
+            f"{'x'.join(map(str, c['shape'])):<16} {c['dtype']:<5} {c['case']:<18} "
+            + " ".join(f"{t[n] * 1e3:>15.3f}" for n in LAYOUTS)
+            + f" {t['seq-first'] / t['batch-first']:>9.2f} {t['packed'] / t['batch-first']:>12.2f}"
+        )
+    return "\n".join(lines)
+
+
 def format_table(cells: list[Cell]) -> str:
     names = ["ours", "fallback", "timm", "torchvision", "compile(timm)", "limit"]
     header = (
@@ -222,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per cell")
     parser.add_argument("--quick", action="store_true", help="one small shape, f32 and bf16, few rounds (< 1 min)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column (times it as timm)")
+    parser.add_argument("--layout-shapes", type=_parse_shapes, help="B x S x H shapes of the layout table")
+    parser.add_argument("--no-layouts", action="store_true", help="skip the sample-layout table")
+    parser.add_argument("--layouts-only", action="store_true", help="only the sample-layout table")
     parser.add_argument("--json", help="write the raw figures here")
     parser.add_argument("--plot", help="write a PNG chart here (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -248,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{device_name}, drop_prob {args.drop_prob}, {args.rounds} rounds x {args.min_run_time}s, medians"
     )
     cells = []
-    for shape in shapes:
+    for shape in [] if args.layouts_only else shapes:
         for dtype_name in dtypes:
             for case in cases:
                 # A fresh compile per cell: one compiled function reused across
@@ -262,15 +329,29 @@ def main(argv: list[str] | None = None) -> int:
                                 args.min_run_time, args.rounds, compiled_timm)
                 cells.append(cell)
                 print(format_table([cell]).splitlines()[-1] if len(cells) > 1 else format_table([cell]), flush=True)
-    print()
-    print(format_table(cells))
-    print()
-    print(summary(cells))
+    layout_cells = []
+    if not args.no_layouts:
+        layout_shapes = args.layout_shapes or ([(8, 197, 768)] if args.quick else DEFAULT_LAYOUT_SHAPES)
+        for shape in layout_shapes:
+            if len(shape) != 3:
+                parser.error(f"--layout-shapes takes B x S x H shapes, got {'x'.join(map(str, shape))}")
+            for dtype_name in dtypes:
+                for case in ("forward", "forward+backward"):
+                    layout_cells.append(run_layout_cell(shape, dtype_name, case, args.device, args.drop_prob,
+                                                        args.min_run_time, args.rounds))
+    if cells:
+        print()
+        print(format_table(cells))
+        print()
+        print(summary(cells))
+    if layout_cells:
+        print()
+        print(format_layout_table(layout_cells))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
                 {"device": device_name, "torch": torch.__version__, "backend": _library.backend(),
-                 "drop_prob": args.drop_prob, "cells": [asdict(c) for c in cells]},
+                 "drop_prob": args.drop_prob, "cells": [asdict(c) for c in cells], "layouts": layout_cells},
                 f, indent=2,
             )
     if args.plot and not plot(cells, args.plot):
