@@ -97,64 +97,63 @@ at::Tensor grad_of_factors(const at::Tensor& grad, const at::Tensor& input,
   return per_index.to(factors.scalar_type());
 }
 
-struct ScaleRowsBackward : public Node {
+// What the backwards of _scale_rows and _add_rows keep: the factors, the
+// sample layout, and the scaled input only when the factors need a gradient.
+struct RowsBackward : public Node {
   SavedVariable factors_, input_, cu_seqlens_;
   int64_t batch_dim_ = 0;
 
-  std::string name() const override { return "ScaleRowsBackward"; }
+  void save(const at::Tensor& factors, const at::Tensor& input, int64_t batch_dim,
+            const std::optional<at::Tensor>& cu_seqlens) {
+    factors_ = SavedVariable(factors, false);
+    if (factors.requires_grad()) {
+      input_ = SavedVariable(input, false);
+    }
+    cu_seqlens_ = SavedVariable(cu_seqlens, false);
+    batch_dim_ = batch_dim;
+  }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     factors_.reset_data();
     input_.reset_data();
     cu_seqlens_.reset_data();
   }
-  variable_list apply(variable_list&& grads) override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    variable_list out(2);
-    const at::Tensor& grad = grads[0];
-    if (!grad.defined()) {
-      return out;
-    }
+  // grad scaled by the factors, and the factors' own gradient if wanted.
+  void scaled_grads(const at::Tensor& grad, at::Tensor& input_grad, size_t input_edge,
+                    at::Tensor& factors_grad, size_t factors_edge) {
     const at::Tensor factors = factors_.unpack();
     const auto cu_seqlens = as_optional(cu_seqlens_.unpack());
-    if (task_should_compute_output(0)) {
-      out[0] = scale_rows(grad, factors, batch_dim_, cu_seqlens);
+    if (task_should_compute_output(input_edge)) {
+      input_grad = scale_rows(grad, factors, batch_dim_, cu_seqlens);
     }
-    if (task_should_compute_output(1)) {
-      out[1] = grad_of_factors(grad, input_.unpack(), factors, batch_dim_, cu_seqlens);
+    if (task_should_compute_output(factors_edge)) {
+      factors_grad = grad_of_factors(grad, input_.unpack(), factors, batch_dim_, cu_seqlens);
+    }
+  }
+};
+
+struct ScaleRowsBackward : public RowsBackward {
+  std::string name() const override { return "ScaleRowsBackward"; }
+  variable_list apply(variable_list&& grads) override {  // edges: x, factors
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list out(2);
+    if (grads[0].defined()) {
+      scaled_grads(grads[0], out[0], 0, out[1], 1);
     }
     return out;
   }
 };
 
-struct AddRowsBackward : public Node {
-  SavedVariable factors_, branch_, cu_seqlens_;
-  int64_t batch_dim_ = 0;
-
+struct AddRowsBackward : public RowsBackward {
   std::string name() const override { return "AddRowsBackward"; }
-  void release_variables() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    factors_.reset_data();
-    branch_.reset_data();
-    cu_seqlens_.reset_data();
-  }
-  variable_list apply(variable_list&& grads) override {
+  variable_list apply(variable_list&& grads) override {  // edges: residual, branch, factors
     std::lock_guard<std::mutex> lock(mutex_);
     variable_list out(3);
-    const at::Tensor& grad = grads[0];
-    if (!grad.defined()) {
-      return out;
-    }
-    const at::Tensor factors = factors_.unpack();
-    const auto cu_seqlens = as_optional(cu_seqlens_.unpack());
-    if (task_should_compute_output(0)) {
-      out[0] = grad;  // the residual's gradient is the incoming one: no copy
-    }
-    if (task_should_compute_output(1)) {
-      out[1] = scale_rows(grad, factors, batch_dim_, cu_seqlens);
-    }
-    if (task_should_compute_output(2)) {
-      out[2] = grad_of_factors(grad, branch_.unpack(), factors, batch_dim_, cu_seqlens);
+    if (grads[0].defined()) {
+      if (task_should_compute_output(0)) {
+        out[0] = grads[0];  // the residual's gradient is the incoming one: no copy
+      }
+      scaled_grads(grads[0], out[1], 1, out[2], 2);
     }
     return out;
   }
@@ -231,12 +230,7 @@ at::Tensor scale_rows_autograd(const at::Tensor& x, const at::Tensor& factors, i
   if (torch::autograd::compute_requires_grad(x, factors)) {
     node = make_node<ScaleRowsBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(x, factors));
-    node->factors_ = SavedVariable(factors, false);
-    if (factors.requires_grad()) {
-      node->input_ = SavedVariable(x, false);
-    }
-    node->cu_seqlens_ = SavedVariable(cu_seqlens, false);
-    node->batch_dim_ = batch_dim;
+    node->save(factors, x, batch_dim, cu_seqlens);
   }
   at::Tensor result;
   {
@@ -267,12 +261,7 @@ at::Tensor add_rows_autograd(const at::Tensor& residual, const at::Tensor& branc
   if (torch::autograd::compute_requires_grad(residual, branch, factors)) {
     node = make_node<AddRowsBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(residual, branch, factors));
-    node->factors_ = SavedVariable(factors, false);
-    if (factors.requires_grad()) {
-      node->branch_ = SavedVariable(branch, false);
-    }
-    node->cu_seqlens_ = SavedVariable(cu_seqlens, false);
-    node->batch_dim_ = batch_dim;
+    node->save(factors, branch, batch_dim, cu_seqlens);
   }
   at::Tensor result;
   {

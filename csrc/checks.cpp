@@ -56,6 +56,16 @@ struct CheckedOffsets {
 };
 thread_local CheckedOffsets last_checked_offsets;
 
+void check_same_dtype_and_device(const at::Tensor& residual, const at::Tensor& branch) {
+  TORCH_CHECK_TYPE(residual.scalar_type() == branch.scalar_type(),
+                   "residual and branch must have the same dtype, got ",
+                   dtype_name(residual.scalar_type()), " and ",
+                   dtype_name(branch.scalar_type()));
+  TORCH_CHECK_VALUE(residual.device() == branch.device(),
+                    "residual and branch must be on the same device, got ",
+                    residual.device(), " and ", branch.device());
+}
+
 bool already_checked(const at::Tensor& offsets, int64_t length) {
   const CheckedOffsets& last = last_checked_offsets;
   const auto impl = last.impl.lock();
@@ -88,13 +98,7 @@ void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
   TORCH_CHECK_VALUE(residual.sym_sizes().equals(branch.sym_sizes()),
                     "residual and branch must have the same shape, got ",
                     residual.sym_sizes(), " and ", branch.sym_sizes());
-  TORCH_CHECK_TYPE(residual.scalar_type() == branch.scalar_type(),
-                   "residual and branch must have the same dtype, got ",
-                   dtype_name(residual.scalar_type()), " and ",
-                   dtype_name(branch.scalar_type()));
-  TORCH_CHECK_VALUE(residual.device() == branch.device(),
-                    "residual and branch must be on the same device, got ",
-                    residual.device(), " and ", branch.device());
+  check_same_dtype_and_device(residual, branch);
 }
 
 int64_t normalize_batch_dim(const at::Tensor& x, int64_t batch_dim) {
@@ -178,13 +182,7 @@ void check_rows(const at::Tensor& x, const at::Tensor& rows, const char* name,
 }
 
 void check_taken_pair(const at::Tensor& residual, const at::Tensor& branch, int64_t dim) {
-  TORCH_CHECK_TYPE(residual.scalar_type() == branch.scalar_type(),
-                   "residual and branch must have the same dtype, got ",
-                   dtype_name(residual.scalar_type()), " and ",
-                   dtype_name(branch.scalar_type()));
-  TORCH_CHECK_VALUE(residual.device() == branch.device(),
-                    "residual and branch must be on the same device, got ",
-                    residual.device(), " and ", branch.device());
+  check_same_dtype_and_device(residual, branch);
   bool same = residual.dim() == branch.dim();
   for (int64_t d = 0; same && d < residual.dim(); ++d) {
     same = d == dim || residual.sym_size(d) == branch.sym_size(d);

@@ -21,6 +21,19 @@
 namespace droppath {
 namespace {
 
+// The checks of every op that draws (before any shortcut, eval included);
+// returns the batch dim, normalised.
+int64_t check_draw_args(const at::Tensor& x, double drop_prob, int64_t batch_dim,
+                        const std::optional<at::Tensor>& cu_seqlens,
+                        const std::optional<at::Generator>& generator) {
+  check_drop_prob(drop_prob);
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
+  check_generator(x, generator);
+  return dim;
+}
+
 // The draw itself, arguments already checked. Below autograd: the factors are
 // never differentiable, and the three ops skip a dispatch layer each.
 at::Tensor draw_factors(const at::Tensor& x, double drop_prob, bool scale_by_keep, int64_t dim,
@@ -48,11 +61,7 @@ at::Tensor sample_factors_composite(const at::Tensor& x, double drop_prob, bool 
                                     int64_t batch_dim,
                                     const std::optional<at::Tensor>& cu_seqlens,
                                     std::optional<at::Generator> generator) {
-  check_drop_prob(drop_prob);
-  check_input(x, "x");
-  const int64_t dim = normalize_batch_dim(x, batch_dim);
-  check_cu_seqlens(x, cu_seqlens);
-  check_generator(x, generator);
+  const int64_t dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator);
   return draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, std::move(generator));
 }
 
@@ -60,11 +69,7 @@ at::Tensor forward_composite(const at::Tensor& x, double drop_prob, bool trainin
                              bool scale_by_keep, int64_t batch_dim,
                              const std::optional<at::Tensor>& cu_seqlens,
                              std::optional<at::Generator> generator) {
-  check_drop_prob(drop_prob);
-  check_input(x, "x");
-  const int64_t dim = normalize_batch_dim(x, batch_dim);
-  check_cu_seqlens(x, cu_seqlens);
-  check_generator(x, generator);
+  const int64_t dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator);
   if (!training || drop_prob == 0.0) {
     return x;
   }
@@ -77,11 +82,9 @@ at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch, d
                          bool training, bool scale_by_keep, int64_t batch_dim,
                          const std::optional<at::Tensor>& cu_seqlens,
                          std::optional<at::Generator> generator) {
-  check_drop_prob(drop_prob);
+  check_drop_prob(drop_prob);  // first, as the Python backend checks
   check_pair(residual, branch);
-  const int64_t dim = normalize_batch_dim(branch, batch_dim);
-  check_cu_seqlens(branch, cu_seqlens);
-  check_generator(branch, generator);
+  const int64_t dim = check_draw_args(branch, drop_prob, batch_dim, cu_seqlens, generator);
   if (!training || drop_prob == 0.0) {
     return at::add(residual, branch);
   }
