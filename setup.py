@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 
 import torch
@@ -188,8 +189,15 @@ class BuildExtension(cpp_extension.BuildExtension):
                 json.dump(info, f, indent=2, sort_keys=True)
 
     def _compiler_name(self) -> str | None:
-        compiler = getattr(self.compiler, "compiler_cxx", None)
-        return " ".join(compiler) if compiler else None
+        """The C++ compiler and the first line of its --version."""
+        compiler = (getattr(self.compiler, "compiler_cxx", None) or [None])[0]
+        if compiler is None:
+            return None
+        try:
+            version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+            return f"{compiler}: {version.stdout.splitlines()[0]}"
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return compiler
 
 
 setup(
