@@ -101,7 +101,7 @@ def _extension():
     with_cuda = _build_cuda()
     # No FMA contraction: residual + branch * factor rounds like the unfused
     # `residual + drop_path(branch)` (and like the Python reference).
-    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
+    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off", "-fno-wrapv"]
     ldflags: list[str] = []
     if torch._C.has_openmp:
         cxx.append("-fopenmp")
