@@ -165,7 +165,7 @@ class _FusedTorchvisionCNBlock:
 
 def _fusable_vit_block(block: nn.Module) -> bool:
     # The fused forward calls attention with attn_mask and is_causal, as
-    # timm >= 1.0.20's Block does; other versions are left unfused.
+    # timm 1.0.29+'s Block does; a Block with another forward is left unfused.
     params = list(inspect.signature(type(block).forward).parameters)
     return params == ["self", "x", "attn_mask", "is_causal"]
 
@@ -235,7 +235,12 @@ def convert_model(
                 report.replaced.append(f"{parent_name}.{child_name}" if parent_name else child_name)
 
     if fuse_residual:
+        fused_classes = set(_FUSED_CLASSES.values())
         for name, module in model.named_modules():
+            if type(module) in fused_classes:  # converted before: only the skip policy changes
+                module.droppath_skip = skip_dropped
+                report.fused.append(name)
+                continue
             entry = _FUSERS.get(_class_path(module))
             if entry is None:
                 if _holds_stochastic_depth(module):

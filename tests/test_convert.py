@@ -218,3 +218,10 @@ def test_batchnorm_branch_is_not_fused():
     block.block.append(torch.nn.BatchNorm2d(96))
     _, report = convert_model(torch.nn.Sequential(block), fuse_residual=True, return_report=True)
     assert report.unfused == ["0"] and not report.fused
+
+
+def test_converting_twice_keeps_blocks_fused_and_updates_the_policy():
+    model, first = convert_model(_vit(), fuse_residual=True, return_report=True)
+    model, second = convert_model(model, fuse_residual=True, skip_dropped=False, return_report=True)
+    assert second.fused == first.fused and not second.unfused
+    assert all(block.droppath_skip is False for block in model.blocks)
