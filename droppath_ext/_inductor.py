@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from typing import Optional
 
 import torch
@@ -43,15 +44,21 @@ def _add_rows(
 
 
 def _register(table_module) -> None:
+    table = getattr(table_module, "decompositions", None)
+    if not isinstance(table, dict):  # Inductor's internals moved: stay correct, unfused
+        warnings.warn("droppath_ext: Inductor's decomposition table was not found; under "
+                      "torch.compile the droppath ops run as extern kernels", RuntimeWarning)
+        return
     decompositions = {
         torch.ops.droppath._scale_rows.default: _scale_rows,
         torch.ops.droppath._add_rows.default: _add_rows,
     }
-    table_module.decompositions.update(decompositions)
+    table.update(decompositions)
     # The table Inductor compiles with is built (and cached) from the one
     # above on first use; if a compile already happened, extend it as well.
     fast_random = getattr(table_module, "fast_random_decomps", None)
-    if fast_random is not None and fast_random.cache_info().currsize:
+    cache_info = getattr(fast_random, "cache_info", None)
+    if cache_info is not None and cache_info().currsize:
         fast_random().update(decompositions)
 
 
