@@ -92,7 +92,7 @@ def test_more_than_2_pow_31_elements():
             assert out[b, index].item() == want, (b, index)
     del out
     # the public op, with a drawn mask: every sample all zero or all 2 * x
-    out = functional._backend.forward(x, 0.5, True, True, torch.Generator().manual_seed(0))
+    out = functional._backend.forward(x, 0.5, True, True, 0, None, torch.Generator().manual_seed(0))
     for b in range(4):
         first, last = out[b, 0].item(), out[b, -1].item()
         assert first == last and first in (0.0, 2.0 * (b + 1)), (b, first, last)
