@@ -40,11 +40,17 @@ def _along(values: Tensor, dim: int, ndim: int) -> Tensor:
 
 
 def _index_factors(factors: Tensor, length: int, cu_seqlens: Optional[Tensor]) -> Tensor:
-    """One factor per index along the batch dim: each segment's factor over its range."""
+    """One factor per index along the batch dim: each segment's factor over its
+    range. Index t belongs to the first segment s with cu_seqlens[s + 1] > t,
+    found by a search that stays in bounds whatever the offsets (under
+    torch.compile they are not checked before this runs)."""
     if cu_seqlens is None:
         return factors
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    return torch.repeat_interleave(factors, lengths, output_size=length)
+    if factors.shape[0] == 0:
+        return factors.new_zeros([length])
+    index = torch.arange(length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    segment = torch.searchsorted(cu_seqlens[1:], index, right=True)
+    return factors[segment.clamp(max=factors.shape[0] - 1)]
 
 
 def _scale(x: Tensor, factors: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> Tensor:
