@@ -102,9 +102,10 @@ inline at::Tensor in_memory_format(const at::Tensor& x, at::MemoryFormat format)
   return x.is_contiguous(format) ? x : x.contiguous(format);
 }
 
-// x in its own memory format (or contiguous): what _take_rows reads.
-inline at::Tensor as_formatted(const at::Tensor& x) {
-  return memory_format_of(x).has_value() ? x : x.contiguous();
+// The format _take_rows reads x in and writes its output in: x's own, or
+// contiguous when x has none of the three.
+inline at::MemoryFormat own_memory_format(const at::Tensor& x) {
+  return memory_format_of(x).value_or(at::MemoryFormat::Contiguous);
 }
 
 // The RowView of a tensor in `format` from its sizes alone (the strides of

@@ -27,7 +27,7 @@ at::Tensor take_rows_meta(const at::Tensor& x, const at::Tensor& rows,
                           const at::Tensor& inverse_rows, const std::optional<at::Tensor>& factors,
                           int64_t batch_dim) {
   const int64_t dim = check_take_rows_args(x, rows, inverse_rows, factors, batch_dim);
-  const at::MemoryFormat format = memory_format_of(x).value_or(at::MemoryFormat::Contiguous);
+  const at::MemoryFormat format = own_memory_format(x);
   return empty_with_rows(x, dim, rows.sym_size(0), format);
 }
 

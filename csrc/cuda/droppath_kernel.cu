@@ -329,7 +329,7 @@ at::Tensor take_rows_cuda(const at::Tensor& x, const at::Tensor& rows,
                           int64_t batch_dim) {
   const int64_t dim = check_take_rows_args(x, rows, inverse_rows, factors, batch_dim);
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = memory_format_of(x).value_or(at::MemoryFormat::Contiguous);
+  const at::MemoryFormat format = own_memory_format(x);
   const at::Tensor input = in_memory_format(x, format);
   at::Tensor out = empty_with_rows(input, dim, rows.sym_size(0), format);
   if (out.numel() == 0) {
