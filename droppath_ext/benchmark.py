@@ -119,16 +119,10 @@ def _make_stmt(fn: Callable, case: str, x: torch.Tensor, b: torch.Tensor, grad: 
     return lambda: torch.autograd.grad(fn(x, b), inputs, grad)
 
 
-def run_cell(shape, dtype_name, case, device, p, min_run_time, rounds, compiled_timm) -> Cell:
-    dtype = DTYPES[dtype_name]
-    gen = torch.Generator().manual_seed(0)
-    backward = case.endswith("backward")
-    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(backward)
-    b = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(backward)
-    grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
-    cands = _candidates(case, p, compiled_timm)
-    stmts = {name: _make_stmt(fn, case, x, b, grad, name) for name, fn in cands.items()}
-    for stmt in stmts.values():  # warm up (and compile) outside the timing
+def _time_interleaved(stmts: dict[str, Callable], min_run_time: float, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each statement, the statements timed in turn
+    in every round (so drift hits all alike), after a warm-up (and compile)."""
+    for stmt in stmts.values():
         for _ in range(3):
             stmt()
     timers = {
@@ -139,8 +133,20 @@ def run_cell(shape, dtype_name, case, device, p, min_run_time, rounds, compiled_
     for _ in range(rounds):
         for name, timer in timers.items():
             samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_cell(shape, dtype_name, case, device, p, min_run_time, rounds, compiled_timm) -> Cell:
+    dtype = DTYPES[dtype_name]
+    gen = torch.Generator().manual_seed(0)
+    backward = case.endswith("backward")
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(backward)
+    b = torch.randn(shape, generator=gen).to(device=device, dtype=dtype).requires_grad_(backward)
+    grad = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    cands = _candidates(case, p, compiled_timm)
+    stmts = {name: _make_stmt(fn, case, x, b, grad, name) for name, fn in cands.items()}
     cell = Cell(tuple(shape), dtype_name, case, device)
-    cell.seconds = {name: statistics.median(values) for name, values in samples.items()}
+    cell.seconds = _time_interleaved(stmts, min_run_time, rounds)
     cell.bytes_moved = TRAFFIC[case] * x.numel() * x.element_size()
     return cell
 
@@ -177,17 +183,8 @@ def run_layout_cell(shape, dtype_name, case, device, p, min_run_time, rounds) ->
 
         g = grad.view(x.shape)
         stmts[name] = (lambda call=call, x=x, g=g: torch.autograd.grad(call(), (x,), g)) if backward else call
-    for stmt in stmts.values():
-        for _ in range(3):
-            stmt()
-    timers = {name: tbench.Timer(stmt="stmt()", globals={"stmt": s}, num_threads=torch.get_num_threads())
-              for name, s in stmts.items()}
-    samples: dict[str, list[float]] = {name: [] for name in stmts}
-    for _ in range(rounds):
-        for name, timer in timers.items():
-            samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
     return {"shape": list(shape), "dtype": dtype_name, "case": case,
-            "seconds": {name: statistics.median(v) for name, v in samples.items()}}
+            "seconds": _time_interleaved(stmts, min_run_time, rounds)}
 
 
 def format_layout_table(cells: list[dict]) -> str:

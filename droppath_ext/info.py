@@ -23,11 +23,6 @@ OPS = [
 DISPATCH_KEYS = ["CPU", "CUDA", "Meta", "Autograd", "CompositeImplicitAutograd"]
 
 
-def build_info() -> dict | None:
-    """The record the build wrote (``_build_info.json``), or None if absent."""
-    return _library.build_record()
-
-
 def setup_failures() -> list[str]:
     """What is wrong with the installation itself, whatever the kernels compute:
     a library built against another torch, and a fallback nobody asked for."""
@@ -119,7 +114,7 @@ def main() -> int:
             lines.append(f"gpu {index}        {torch.cuda.get_device_name(index)} (sm_{major}{minor})")
     else:
         lines.append("gpu          none visible")
-    info = build_info()
+    info = _library.build_record()
     if info is None:
         lines.append("build        no build record (compiled library not built)")
     else:
