@@ -133,6 +133,10 @@ def _extension():
 EXTENSION, WITH_CUDA = _extension()
 
 
+def _stage(text: str) -> None:
+    print(f"droppath_ext: {text}", file=sys.stderr, flush=True)
+
+
 class BuildExtension(cpp_extension.BuildExtension):
     """torch's BuildExtension, plus two things it cannot do by itself:
 
@@ -165,7 +169,13 @@ class BuildExtension(cpp_extension.BuildExtension):
         return objects
 
     def run(self) -> None:
+        # Stage lines (shown by `pip install -v` and by scripts/install.py):
+        # a build of several minutes should not look hung.
+        cuda = f", CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST')}" if WITH_CUDA else ", no CUDA kernels"
+        _stage(f"compiling {len(EXTENSION.sources)} sources and {len(CAPABILITY_BUILDS)} CPU capability builds "
+               f"against torch {torch.__version__}{cuda}")
         super().run()
+        _stage(f"linked droppath_ext/_C (compiler: {self._compiler_name()})")
         info = {
             "torch_version": torch.__version__,
             "torch_cuda_version": torch.version.cuda,

@@ -1,17 +1,27 @@
-"""Loads the compiled library once per process and says which backend is in use, and why."""
+"""Loads the compiled library once per process and says which backend is in use, and why.
+
+The library is C++ compiled against one torch. It is loaded only when the
+running torch is the one it was built for (same major.minor and the same
+build variant: CPU, or CUDA x.y); otherwise the pure-Python fallback runs and
+a warning, pointing at the user's import, says which torch each is and how to
+rebuild. ``DROPPATH_EXT_ALLOW_TORCH_MISMATCH=1`` tries the library anyway.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
+import glob
+import importlib.machinery
 import json
 import os
+import re
 import sys
 import warnings
 
 import torch
 
 FORCE_PYTHON_ENV = "DROPPATH_EXT_FORCE_PYTHON"
+ALLOW_MISMATCH_ENV = "DROPPATH_EXT_ALLOW_TORCH_MISMATCH"
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 REBUILD_COMMAND = "pip install --no-build-isolation --no-deps --force-reinstall ."
 
@@ -29,12 +39,59 @@ def build_record() -> dict | None:
         return None
 
 
+def _minor(version: str) -> tuple[int, ...]:
+    """``"2.14.1+cu130"`` -> ``(2, 14)``."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return tuple(int(n) for n in match.groups()) if match else ()
+
+
+def _variant(cuda_version: str | None) -> str:
+    return f"CUDA {cuda_version}" if cuda_version else "CPU"
+
+
+def _built_variant(record: dict) -> str | None:
+    """The build variant of the torch the library was built against, if known."""
+    if "torch_cuda_version" in record:
+        return _variant(record["torch_cuda_version"])
+    return "CPU" if record["torch_version"].partition("+")[2] == "cpu" else None
+
+
 def torch_mismatch() -> str | None:
-    """"built for torch X, running Y" when the library was built against another torch."""
+    """"built for torch X, running Y" when the library was built against another
+    torch release or build variant (patch level included), else None."""
     record = build_record()
-    built = record.get("torch_version") if record else None
-    if built and built != torch.__version__:
-        return f"built for torch {built}, running {torch.__version__}"
+    if not record or not record.get("torch_version"):
+        return None
+    built, running = record["torch_version"], torch.__version__
+    built_variant, running_variant = _built_variant(record), _variant(torch.version.cuda)
+    if built == running and built_variant in (None, running_variant):
+        return None
+    text = f"built for torch {built}, running {running}"
+    if built_variant not in (None, running_variant):
+        text += f" (a {built_variant} build of torch, running a {running_variant} build)"
+    return text
+
+
+def mismatch_blocks_loading() -> bool:
+    """Whether the library must not be used with the running torch: built for
+    another major.minor, or another build variant (CPU vs CUDA, another CUDA).
+    A patch-level difference (2.14.0 vs 2.14.1) keeps torch's C++ ABI: allowed."""
+    record = build_record()
+    if not record or not record.get("torch_version"):
+        return False
+    built_variant = _built_variant(record)
+    return _minor(record["torch_version"]) != _minor(torch.__version__) or built_variant not in (
+        None, _variant(torch.version.cuda)
+    )
+
+
+def library_path() -> str | None:
+    """The compiled library next to this package's own files (not one a path
+    finder would resolve elsewhere, e.g. an editable install's source tree)."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        found = sorted(glob.glob(os.path.join(glob.escape(PACKAGE_DIR), "_C" + suffix)))
+        if found:
+            return found[0]
     return None
 
 
@@ -47,24 +104,33 @@ def _dlopen_error(path: str) -> str | None:
     return None
 
 
+def _source_checkout() -> bool:
+    return os.path.exists(os.path.join(os.path.dirname(PACKAGE_DIR), "setup.py"))
+
+
 def _load() -> tuple[bool, str]:
     if _truthy(os.environ.get(FORCE_PYTHON_ENV)):
         return False, f"{FORCE_PYTHON_ENV} is set"
-    spec = importlib.util.find_spec("droppath_ext._C")
-    if spec is None or spec.origin is None:
-        if os.path.exists(os.path.join(os.path.dirname(PACKAGE_DIR), "setup.py")):
+    path = library_path()
+    if path is None:
+        if _source_checkout():
             return False, (
                 f"compiled library droppath_ext._C not found: droppath_ext was imported from the "
-                f"source checkout {PACKAGE_DIR}, not from the installed package (run from outside "
-                f"the checkout or with `python -P`, or build in place with "
-                f"`pip install --no-build-isolation -e .`)"
+                f"source checkout {PACKAGE_DIR}, not from the installed package (run from another "
+                f"directory, or build in place with `pip install --no-build-isolation -e .`)"
             )
         return False, "compiled library droppath_ext._C not found (package installed without building it)"
+    mismatch = torch_mismatch()
+    if mismatch and mismatch_blocks_loading() and not _truthy(os.environ.get(ALLOW_MISMATCH_ENV)):
+        return False, (
+            f"the compiled library was {mismatch}; rebuild it against the torch you run, in the "
+            f"droppath_ext source folder: `{REBUILD_COMMAND}` (or set {ALLOW_MISMATCH_ENV}=1 to try "
+            f"the library anyway, at your own risk)"
+        )
     try:
-        torch.ops.load_library(spec.origin)
+        torch.ops.load_library(path)
     except (OSError, RuntimeError) as error:
-        reason = f"compiled library {spec.origin} failed to load: {_dlopen_error(spec.origin) or error}"
-        mismatch = torch_mismatch()
+        reason = f"compiled library {path} failed to load: {_dlopen_error(path) or error}"
         if mismatch:
             reason = (
                 f"the compiled library was {mismatch}, and does not load in this torch; rebuild it "
@@ -72,7 +138,7 @@ def _load() -> tuple[bool, str]:
                 f"({reason})"
             )
         return False, reason
-    return True, f"compiled library loaded from {spec.origin}"
+    return True, f"compiled library loaded from {path}"
 
 
 def _caller_stacklevel() -> int:

@@ -18,19 +18,22 @@ A second table times the sample layouts against each other at the same size:
 batch-first ``[B, S, H]`` (``batch_dim=0``), sequence-first ``[S, B, H]``
 (``batch_dim=1``) and a packed ``[B * S, H]`` batch of B sequences of random
 lengths (``cu_seqlens``), forward and forward+backward; ratios to batch-first.
+
+The default run takes about 7 minutes on 2 CPU cores (it prints its own
+estimate first); ``--quick`` takes under a minute.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
-from torch.utils import benchmark as tbench
 
 from . import _library, _reference, functional
 
@@ -119,9 +122,24 @@ def _make_stmt(fn: Callable, case: str, x: torch.Tensor, b: torch.Tensor, grad: 
     return lambda: torch.autograd.grad(fn(x, b), inputs, grad)
 
 
+def _timer_module():
+    """torch.utils.benchmark, imported on first use: importing it imports
+    torch's C++-extension builder, which on a CUDA torch without a GPU logs a
+    CUDA_HOME warning that is only noise here."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        quiet.setLevel(level)
+    return benchmark
+
+
 def _time_interleaved(stmts: dict[str, Callable], min_run_time: float, rounds: int) -> dict[str, float]:
     """Median seconds per call of each statement, the statements timed in turn
     in every round (so drift hits all alike), after a warm-up (and compile)."""
+    tbench = _timer_module()
     for stmt in stmts.values():
         for _ in range(3):
             stmt()
@@ -307,9 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda but no GPU is visible")
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    layout_shapes = [] if args.no_layouts else (
+        args.layout_shapes or ([(8, 197, 768)] if args.quick else DEFAULT_LAYOUT_SHAPES))
+    op_cells = 0 if args.layouts_only else len(shapes) * len(dtypes) * len(cases)
+    # Each cell times ~6 candidates (layout cells 3) for rounds x min_run_time
+    # each, plus warm-up, compilation and timer calibration (~1.5x, measured).
+    seconds = 1.5 * args.rounds * args.min_run_time * (6 * op_cells + 3 * 2 * len(layout_shapes) * len(dtypes))
+    seconds += 0 if args.no_compile else 2.0 * op_cells
     print(
         f"droppath_ext benchmark: backend {_library.backend()}, torch {torch.__version__}, "
-        f"{device_name}, drop_prob {args.drop_prob}, {args.rounds} rounds x {args.min_run_time}s, medians"
+        f"{device_name}, drop_prob {args.drop_prob}, {args.rounds} rounds x {args.min_run_time}s, medians; "
+        f"{op_cells} op cells and {2 * len(layout_shapes) * len(dtypes)} layout cells, about "
+        f"{max(1, round(seconds / 60))} min"
     )
     cells = []
     for shape in [] if args.layouts_only else shapes:
@@ -327,8 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(cell)
                 print(format_table([cell]).splitlines()[-1] if len(cells) > 1 else format_table([cell]), flush=True)
     layout_cells = []
-    if not args.no_layouts:
-        layout_shapes = args.layout_shapes or ([(8, 197, 768)] if args.quick else DEFAULT_LAYOUT_SHAPES)
+    if layout_shapes:
         for shape in layout_shapes:
             if len(shape) != 3:
                 parser.error(f"--layout-shapes takes B x S x H shapes, got {'x'.join(map(str, shape))}")

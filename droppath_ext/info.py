@@ -28,7 +28,7 @@ def setup_failures() -> list[str]:
     a library built against another torch, and a fallback nobody asked for."""
     failures = []
     mismatch = _library.torch_mismatch()
-    if mismatch:
+    if mismatch and _library.mismatch_blocks_loading():
         failures.append(
             f"build: the compiled library was {mismatch}; rebuild it in the droppath_ext source "
             f"folder: `{_library.REBUILD_COMMAND}`"
@@ -114,6 +114,10 @@ def main() -> int:
             lines.append(f"gpu {index}        {torch.cuda.get_device_name(index)} (sm_{major}{minor})")
     else:
         lines.append("gpu          none visible")
+    mismatch = _library.torch_mismatch()
+    if mismatch and not _library.mismatch_blocks_loading():
+        lines.append(f"note         the compiled library was {mismatch}: a patch-level difference, "
+                     f"which keeps torch's C++ ABI")
     info = _library.build_record()
     if info is None:
         lines.append("build        no build record (compiled library not built)")

@@ -3,11 +3,74 @@ the pure-Python fallback) and, where a GPU is present, on CUDA too."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import glob
+import os
+import sys
 
-import droppath_ext
-from droppath_ext import _compiled, _library, _reference, functional
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _unshadow_installed_package() -> None:
+    """`python -m pytest` from the checkout puts the checkout first on sys.path,
+    where droppath_ext/ is the source folder: without a compiled library there
+    (no in-place or editable build), the installed package is the one to test."""
+    if glob.glob(os.path.join(ROOT, "droppath_ext", "_C*.so")):
+        return
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != ROOT]
+
+
+_unshadow_installed_package()
+
+import torch  # noqa: E402
+
+import droppath_ext  # noqa: E402
+from droppath_ext import _compiled, _library, _reference, functional  # noqa: E402
+
+FULL_RUN_HELP = "the full run: every model of the sweeps, the C++ and scratch builds, distributed runs"
+_UNAVAILABLE: dict[str, str] = {}  # optional dependency -> why it did not import
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help=f"run the tests marked slow too ({FULL_RUN_HELP})")
+
+
+def pytest_configure(config):
+    if not _library.LOADED and not _library.FORCED_PYTHON:
+        pytest.exit(
+            "droppath_ext's compiled library is not in use, so these tests would test only the "
+            f"pure-Python fallback.\n  Why: {_library.REASON}\n  Build and install it first: "
+            "`python scripts/install.py` (or `pip install --no-build-isolation .`), then run pytest "
+            "again. To test the fallback alone, set DROPPATH_EXT_FORCE_PYTHON=1.",
+            returncode=4,
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        config._droppath_deselected = len(slow)
+
+
+def pytest_report_header(config):
+    where = droppath_ext.__file__
+    run = "full" if config.getoption("--full") else "default (tests marked slow deselected; --full runs them)"
+    return [f"droppath_ext: backend {droppath_ext.backend()} from {os.path.dirname(where)}; {run} run"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    deselected = getattr(config, "_droppath_deselected", 0)
+    if deselected:
+        terminalreporter.write_line(f"droppath_ext: {deselected} slow tests not run: `pytest --full` runs them "
+                                    f"({FULL_RUN_HELP})")
+    for name, why in sorted(_UNAVAILABLE.items()):
+        terminalreporter.write_line(f"droppath_ext: optional dependency {name} not importable, its tests "
+                                    f"skipped: {why}", yellow=True)
 
 BACKENDS = ["compiled", "python"]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -43,7 +106,19 @@ def import_or_skip(name: str):
     try:
         return __import__(name, fromlist=["_"])
     except Exception as error:  # noqa: BLE001 - any import failure means "not usable here"
-        pytest.skip(f"{name} is not importable: {type(error).__name__}: {error}", allow_module_level=True)
+        why = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        _UNAVAILABLE[name.split(".")[0]] = why
+        pytest.skip(f"{name} is not importable: {why}", allow_module_level=True)
+
+
+def subprocess_env(**overrides: str) -> dict:
+    """The environment for a child Python that must import the droppath_ext
+    this process imported (installed, in-place or scratch build), whatever its
+    working directory: that package's folder first on PYTHONPATH."""
+    env = dict(os.environ, **overrides)
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(droppath_ext.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([parent] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
 
 
 def requires_compiled():
@@ -79,4 +154,5 @@ def _seed():
 
 __all__ = [
     "droppath_ext", "expected_drop_path", "import_or_skip", "kept_mask", "nonzero_input", "requires_compiled",
+    "subprocess_env",
 ]

@@ -10,7 +10,7 @@ import torch
 
 import droppath_ext as dp
 from droppath_ext.convert import convert_model
-from conftest import import_or_skip
+from conftest import import_or_skip, subprocess_env
 
 timm = import_or_skip("timm")
 torchvision = import_or_skip("torchvision")
@@ -160,8 +160,8 @@ def test_every_fused_block_scripts_saves_and_loads_in_a_fresh_process(name, shap
     torch.save(expected.detach(), paths[2])
     script = tmp_path / "load.py"
     script.write_text(_LOAD_AND_TRAIN)
-    result = subprocess.run([sys.executable, "-P", str(script), *paths], capture_output=True, text=True,
-                            timeout=600, env=dict(os.environ))
+    result = subprocess.run([sys.executable, str(script), *paths], capture_output=True, text=True,
+                            timeout=600, env=subprocess_env(), cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
 

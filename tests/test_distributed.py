@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import import_or_skip
+from conftest import import_or_skip, subprocess_env
 
 import_or_skip("timm")
 pytestmark = [
@@ -29,9 +29,9 @@ def _free_port():
 
 def _train(mode, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-P", WORKER, str(_free_port()), mode, str(tmp_path)],
+        [sys.executable, WORKER, str(_free_port()), mode, str(tmp_path)],
         capture_output=True, text=True, timeout=600,  # a hang fails the test
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=subprocess_env(OMP_NUM_THREADS="1"), cwd=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr[-6000:]
     states = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]

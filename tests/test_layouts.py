@@ -13,7 +13,7 @@ import torch
 import droppath_ext as dp
 from droppath_ext import _library, _reference, functional
 from droppath_ext.residual import drop_path_residual
-from conftest import DEVICES, nonzero_input, requires_compiled
+from conftest import DEVICES, nonzero_input, requires_compiled, subprocess_env
 
 
 def _cu(lengths, device="cpu", dtype=torch.int64):
@@ -360,8 +360,8 @@ def test_script_save_load_fresh_process_both_keywords(tmp_path):
     script.write_text(_SCRIPT)
     path = str(tmp_path / "net.pt")
     for mode in ("save", "load"):
-        result = subprocess.run([sys.executable, "-P", str(script), mode, path], capture_output=True,
-                                text=True, timeout=300, env=dict(os.environ))
+        result = subprocess.run([sys.executable, str(script), mode, path], capture_output=True,
+                                text=True, timeout=300, env=subprocess_env(), cwd=str(tmp_path))
         assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
 

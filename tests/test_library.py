@@ -14,6 +14,7 @@ import torch
 
 import droppath_ext as dp
 from droppath_ext import _library
+from conftest import subprocess_env
 
 KERNEL_OPS = ["_scale_rows", "_add_rows", "_take_rows", "_add_taken_rows"]
 COMPOSITE_OPS = ["forward", "add", "_sample_factors"]
@@ -63,15 +64,14 @@ def test_build_info_records_the_build():
     assert "cxx_flags" in info
 
 
-def _run(code, **env_overrides):
-    env = dict(os.environ, **env_overrides)
+def _run(code, tmp_path, **env_overrides):
     return subprocess.run(
         [sys.executable, "-W", "default", "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=subprocess_env(**env_overrides), timeout=300, cwd=str(tmp_path),
     )
 
 
-def test_env_var_forces_the_python_backend_without_warning():
+def test_env_var_forces_the_python_backend_without_warning(tmp_path):
     result = _run(
         """
         import warnings
@@ -85,30 +85,8 @@ def test_env_var_forces_the_python_backend_without_warning():
         assert torch.equal(y, torch.zeros(8, 2))
         print("ok")
         """,
+        tmp_path,
         DROPPATH_EXT_FORCE_PYTHON="1",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "ok" in result.stdout
-
-
-def test_missing_library_warns_once_and_falls_back():
-    result = _run(
-        """
-        import importlib.util, warnings
-        real_find_spec = importlib.util.find_spec
-        importlib.util.find_spec = lambda name, *a: None if name == "droppath_ext._C" else real_find_spec(name, *a)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            import droppath_ext, torch
-            for _ in range(3):
-                droppath_ext.drop_path(torch.ones(4, 2), 0.5, True)
-                droppath_ext.DropPath(0.5)(torch.ones(4, 2))
-        mine = [w for w in caught if "droppath_ext" in str(w.message)]
-        assert len(mine) == 1, [str(w.message) for w in mine]
-        assert "not found" in str(mine[0].message)
-        assert droppath_ext.backend() == "python"
-        print("ok")
-        """
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
@@ -116,7 +94,7 @@ def test_missing_library_warns_once_and_falls_back():
 
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
-def test_info_self_check_passes_for_each_cpu_capability(capability):
+def test_info_self_check_passes_for_each_cpu_capability(capability, tmp_path):
     """Each CPU build of the kernels (chosen by ATen's capability, which
     ATEN_CPU_CAPABILITY lowers) agrees with the reference."""
     if capability == "avx512" and torch.backends.cpu.get_cpu_capability() != "AVX512":
@@ -124,9 +102,9 @@ def test_info_self_check_passes_for_each_cpu_capability(capability):
     if capability == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("this CPU has no AVX2")
     result = subprocess.run(
-        [sys.executable, "-P", "-m", "droppath_ext.info"],
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, ATEN_CPU_CAPABILITY=capability),
+        [sys.executable, "-m", "droppath_ext.info"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+        env=subprocess_env(ATEN_CPU_CAPABILITY=capability),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"ATen capability {capability.upper()}" in result.stdout
@@ -134,17 +112,18 @@ def test_info_self_check_passes_for_each_cpu_capability(capability):
     assert result.stdout.strip().endswith("PASS")
 
 
-def _package_copy(tmp_path, torch_version, library_bytes):
-    """A copy of the installed package's Python files with a given build record
-    and compiled library, importable from tmp_path."""
+def _package_copy(tmp_path, record, library_bytes):
+    """A copy of the imported package's Python files with a given build record
+    (a torch version, or a whole record) and compiled library, importable from tmp_path."""
     source = os.path.dirname(dp.__file__)
     target = tmp_path / "droppath_ext"
     target.mkdir()
     for name in os.listdir(source):
         if name.endswith(".py"):
             (target / name).write_text(open(os.path.join(source, name)).read())
-    if torch_version is not None:
-        (target / "_build_info.json").write_text(json.dumps({"torch_version": torch_version}))
+    if record is not None:
+        record = {"torch_version": record} if isinstance(record, str) else record
+        (target / "_build_info.json").write_text(json.dumps(record))
     if library_bytes is not None:
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
         (target / f"_C{suffix}").write_bytes(library_bytes)
@@ -153,30 +132,109 @@ def _package_copy(tmp_path, torch_version, library_bytes):
 
 def _run_in(folder, code, *args, **env_overrides):
     env = dict(os.environ, PYTHONPATH=str(folder), **env_overrides)
-    env.pop(_library.FORCE_PYTHON_ENV, None) if _library.FORCE_PYTHON_ENV not in env_overrides else None
-    return subprocess.run([sys.executable, "-P", *args], input=code, capture_output=True, text=True,
+    for name in (_library.FORCE_PYTHON_ENV, _library.ALLOW_MISMATCH_ENV):
+        if name not in env_overrides:
+            env.pop(name, None)
+    return subprocess.run([sys.executable, *args], input=code, capture_output=True, text=True,
                           env=env, timeout=300, cwd=str(folder))
 
 
+_WARNINGS_AT_IMPORT = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import droppath_ext
+mine = [w for w in caught if "droppath_ext" in str(w.message)]
+print("WARNINGS", len(mine))
+for w in mine:
+    print("FILE", w.filename)
+    print("MESSAGE", w.message)
+print("BACKEND", droppath_ext.backend())
+"""
+
+
+def test_missing_library_warns_once_and_falls_back(tmp_path):
+    folder = _package_copy(tmp_path, None, None)
+    code = _WARNINGS_AT_IMPORT + textwrap.dedent(
+        """
+        import torch
+        for _ in range(3):
+            droppath_ext.drop_path(torch.ones(4, 2), 0.5, True)
+            droppath_ext.DropPath(0.5)(torch.ones(4, 2))
+        """
+    )
+    result = _run_in(folder, code)
+    assert result.returncode == 0, result.stderr
+    assert "WARNINGS 1" in result.stdout and "not found" in result.stdout and "BACKEND python" in result.stdout
+
+
+def _library_bytes():
+    path = _library.library_path()
+    if path is None:
+        pytest.skip("needs the compiled library")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _other_minor(version):
+    major, minor = (int(n) for n in version.split(".")[:2])
+    return f"{major}.{minor + 1}.0"
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_a_library_built_for_another_torch_minor_is_not_used_and_says_so(tmp_path):
+    """Even when it would load: a library built for another torch minor may
+    misbehave where no self-check looks. The warning points at the user's
+    import, names both torch versions and the one rebuild command."""
+    built = _other_minor(torch.__version__)
+    record = {"torch_version": built, "torch_cuda_version": torch.version.cuda}
+    folder = _package_copy(tmp_path, record, _library_bytes())
+    user = folder / "user_script.py"
+    user.write_text(_WARNINGS_AT_IMPORT)
+    result = subprocess.run([sys.executable, str(user)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(folder)), cwd=str(folder))
+    assert result.returncode == 0, result.stderr
+    assert "WARNINGS 1" in result.stdout and "BACKEND python" in result.stdout, result.stdout
+    assert f"FILE {user}" in result.stdout  # points at the user's import, not at the package
+    assert f"built for torch {built}, running {torch.__version__}" in result.stdout
+    assert _library.REBUILD_COMMAND in result.stdout and _library.ALLOW_MISMATCH_ENV in result.stdout
+
+    opted_in = _run_in(folder, _WARNINGS_AT_IMPORT, **{_library.ALLOW_MISMATCH_ENV: "1"})
+    assert "WARNINGS 0" in opted_in.stdout and "BACKEND cpu" in opted_in.stdout, opted_in.stdout + opted_in.stderr
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_a_library_built_for_another_torch_variant_is_not_used(tmp_path):
+    """Same release, other build of torch (a CPU build vs a CUDA one)."""
+    record = {"torch_version": torch.__version__, "torch_cuda_version": None if torch.version.cuda else "13.0"}
+    folder = _package_copy(tmp_path, record, _library_bytes())
+    result = _run_in(folder, _WARNINGS_AT_IMPORT)
+    assert "WARNINGS 1" in result.stdout and "BACKEND python" in result.stdout, result.stdout + result.stderr
+    assert "build of torch" in result.stdout
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_a_patch_level_difference_is_used_and_info_notes_it(tmp_path):
+    major, minor, *_ = torch.__version__.split("+")[0].split(".")
+    built = f"{major}.{minor}.99"
+    record = {"torch_version": built, "torch_cuda_version": torch.version.cuda}
+    folder = _package_copy(tmp_path, record, _library_bytes())
+    result = _run_in(folder, _WARNINGS_AT_IMPORT)
+    assert "WARNINGS 0" in result.stdout and "BACKEND cpu" in result.stdout, result.stdout + result.stderr
+    info = _run_in(folder, "", "-m", "droppath_ext.info")
+    assert info.returncode == 0, info.stdout + info.stderr
+    assert f"built for torch {built}" in info.stdout and "patch-level" in info.stdout
+
+
 def test_torch_swapped_under_the_build_warns_at_the_users_import(tmp_path):
+    """A library that does not load in this torch at all."""
     folder = _package_copy(tmp_path, "2.0.0+cpu", b"not a shared library")
     user = folder / "user_script.py"
-    user.write_text(textwrap.dedent(
-        """
-        import warnings
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            import droppath_ext
-        mine = [w for w in caught if "droppath_ext" in str(w.message)]
-        assert len(mine) == 1, [str(w.message) for w in caught]
-        print("FILE", mine[0].filename)
-        print("MESSAGE", mine[0].message)
-        """
-    ))
-    result = subprocess.run([sys.executable, "-P", str(user)], capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, PYTHONPATH=str(folder)))
+    user.write_text(_WARNINGS_AT_IMPORT)
+    result = subprocess.run([sys.executable, str(user)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(folder)), cwd=str(folder))
     assert result.returncode == 0, result.stderr
-    assert f"FILE {user}" in result.stdout  # points at the user's import, not at the package
+    assert "WARNINGS 1" in result.stdout and f"FILE {user}" in result.stdout
     assert f"built for torch 2.0.0+cpu, running {torch.__version__}" in result.stdout
     assert _library.REBUILD_COMMAND in result.stdout
 

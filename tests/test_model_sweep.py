@@ -83,8 +83,19 @@ def _torchvision(name):
     return lambda: getattr(models, name)(weights=None, num_classes=5)
 
 
-CASES = [pytest.param(_timm(n, kw), shape, id=f"timm-{n}") for n, shape, kw in TIMM] + [
-    pytest.param(_torchvision(n), shape, id=f"torchvision-{n}") for n, shape in TORCHVISION
+# The default run sweeps one model per kind of fused block and a CNN; the rest
+# run with --full (marked slow).
+DEFAULT = {"timm-vit_tiny_patch16_224", "timm-convnextv2_atto", "timm-efficientnet_b0",
+           "torchvision-convnext_tiny"}
+
+
+def _case(make, shape, case_id):
+    marks = () if case_id in DEFAULT else (pytest.mark.slow,)
+    return pytest.param(make, shape, id=case_id, marks=marks)
+
+
+CASES = [_case(_timm(n, kw), shape, f"timm-{n}") for n, shape, kw in TIMM] + [
+    _case(_torchvision(n), shape, f"torchvision-{n}") for n, shape in TORCHVISION
 ]
 
 

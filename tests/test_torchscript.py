@@ -14,6 +14,7 @@ import torch
 
 import droppath_ext as dp
 from droppath_ext import _library
+from conftest import subprocess_env
 
 _MAKE = textwrap.dedent(
     """
@@ -78,11 +79,10 @@ _LOAD = textwrap.dedent(
 def _child(code, args, backend, script_path):
     # A real file: TorchScript reads the source of what it compiles.
     script_path.write_text(code)
-    env = dict(os.environ)
-    if backend == "python":
-        env[_library.FORCE_PYTHON_ENV] = "1"
+    env = subprocess_env(**({_library.FORCE_PYTHON_ENV: "1"} if backend == "python" else {}))
     result = subprocess.run(
-        [sys.executable, "-P", str(script_path), *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(script_path), *args], capture_output=True, text=True, env=env, timeout=300,
+        cwd=str(script_path.parent),
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
