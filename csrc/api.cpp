@@ -1,6 +1,10 @@
-// The C++ API: thin calls through the dispatcher (see droppath.h).
+// The C++ API: thin calls through the dispatcher (see droppath.h). As in
+// Python, the identity (eval mode, drop_prob 0) checks the arguments and
+// returns the input without calling an op.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/add.h>
 
+#include "checks.h"
 #include "droppath.h"
 
 namespace droppath {
@@ -20,6 +24,10 @@ using OptionalGenerator = std::optional<at::Generator>;
 
 at::Tensor forward(const at::Tensor& x, double drop_prob, bool training, bool scale_by_keep,
                    OptionalGenerator generator, int64_t batch_dim, OptionalTensor cu_seqlens) {
+  if (!training || drop_prob == 0.0) {
+    check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator);
+    return x;
+  }
   static const auto op =
       find_op<at::Tensor(const at::Tensor&, double, bool, bool, int64_t, OptionalTensor,
                          OptionalGenerator)>("droppath::forward");
@@ -30,6 +38,12 @@ at::Tensor forward(const at::Tensor& x, double drop_prob, bool training, bool sc
 at::Tensor add(const at::Tensor& residual, const at::Tensor& branch, double drop_prob,
                bool training, bool scale_by_keep, OptionalGenerator generator,
                int64_t batch_dim, OptionalTensor cu_seqlens) {
+  if (!training || drop_prob == 0.0) {
+    check_drop_prob(drop_prob);
+    check_add_operands(residual, branch);
+    check_draw_args(branch, drop_prob, batch_dim, cu_seqlens, generator);
+    return at::add(residual, branch);
+  }
   static const auto op =
       find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double, bool, bool, int64_t,
                          OptionalTensor, OptionalGenerator)>("droppath::add");

@@ -92,12 +92,19 @@ void check_input(const at::Tensor& x, const char* name) {
                     " must have a batch dimension, got a 0-dim tensor");
 }
 
-void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
+void check_add_operands(const at::Tensor& residual, const at::Tensor& branch) {
   check_input(residual, "residual");
   check_input(branch, "branch");
   TORCH_CHECK_VALUE(residual.sym_sizes().equals(branch.sym_sizes()),
                     "residual and branch must have the same shape, got ",
                     residual.sym_sizes(), " and ", branch.sym_sizes());
+  TORCH_CHECK_VALUE(residual.device() == branch.device(),
+                    "residual and branch must be on the same device, got ",
+                    residual.device(), " and ", branch.device());
+}
+
+void check_pair(const at::Tensor& residual, const at::Tensor& branch) {
+  check_add_operands(residual, branch);
   check_same_dtype_and_device(residual, branch);
 }
 
@@ -250,6 +257,17 @@ void check_generator(const at::Tensor& x,
                          gen_device.index() == x_device.index()),
                     "generator must be on the input's device ", x_device,
                     ", got a generator on ", gen_device);
+}
+
+int64_t check_draw_args(const at::Tensor& x, double drop_prob, int64_t batch_dim,
+                        const std::optional<at::Tensor>& cu_seqlens,
+                        const std::optional<at::Generator>& generator) {
+  check_drop_prob(drop_prob);
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
+  check_generator(x, generator);
+  return dim;
 }
 
 at::ScalarType math_dtype(at::ScalarType dtype) {

@@ -18,6 +18,10 @@ void check_input(const at::Tensor& x, const char* name);
 // residual and branch: same shape, dtype and device.
 void check_pair(const at::Tensor& residual, const at::Tensor& branch);
 
+// The public add's operands: floating, same shape and device (dtypes may
+// differ: they promote).
+void check_add_operands(const at::Tensor& residual, const at::Tensor& branch);
+
 // batch_dim in [-x.dim(), x.dim()), returned as a non-negative dim
 // (IndexError otherwise, as PyTorch's own dim arguments).
 int64_t normalize_batch_dim(const at::Tensor& x, int64_t batch_dim);
@@ -62,6 +66,12 @@ int64_t check_take_rows_args(const at::Tensor& x, const at::Tensor& rows,
 int64_t check_add_taken_rows_args(const at::Tensor& residual, const at::Tensor& branch,
                                   const at::Tensor& factors, const at::Tensor& rows,
                                   const at::Tensor& inverse_rows, int64_t batch_dim);
+
+// The checks of every op that draws, made before any shortcut (eval
+// included); returns the batch dim, normalised.
+int64_t check_draw_args(const at::Tensor& x, double drop_prob, int64_t batch_dim,
+                        const std::optional<at::Tensor>& cu_seqlens,
+                        const std::optional<at::Generator>& generator);
 
 // A generator, when given, lives on x's device.
 void check_generator(const at::Tensor& x,

@@ -3,7 +3,12 @@
 //
 // - forward / add: validation first (before any shortcut, as torchvision
 //   does), then the identity / plain-add shortcut, then sample the factors
-//   and apply them with the deterministic _scale_rows / _add_rows.
+//   and apply them with the deterministic _scale_rows / _add_rows. The
+//   identity returns a copy: the schema promises a new tensor, and an alias
+//   would let functionalization drop an in-place update made through it.
+//   (The Python functions and the C++ API return the input itself, without
+//   calling the op, so eval graphs hold no droppath op at all.) `add`
+//   promotes mixed dtypes as `residual + drop_path(branch)` does.
 // - _sample_factors: timm's own draw, `x.new_empty(n).bernoulli_(keep_prob)
 //   .div_(keep_prob)`, in x's math dtype. Calling ATen's bernoulli_ rather than
 //   a kernel of ours gives the same masks as timm on every device and CPU
@@ -12,6 +17,7 @@
 //   keeps the factors batched under vmap.
 // - the backend-free diagnostics op.
 #include <ATen/ops/add.h>
+#include <ATen/ops/result_type.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -20,19 +26,6 @@
 
 namespace droppath {
 namespace {
-
-// The checks of every op that draws (before any shortcut, eval included);
-// returns the batch dim, normalised.
-int64_t check_draw_args(const at::Tensor& x, double drop_prob, int64_t batch_dim,
-                        const std::optional<at::Tensor>& cu_seqlens,
-                        const std::optional<at::Generator>& generator) {
-  check_drop_prob(drop_prob);
-  check_input(x, "x");
-  const int64_t dim = normalize_batch_dim(x, batch_dim);
-  check_cu_seqlens(x, cu_seqlens);
-  check_generator(x, generator);
-  return dim;
-}
 
 // The draw itself, arguments already checked. Below autograd: the factors are
 // never differentiable, and the three ops skip a dispatch layer each.
@@ -48,8 +41,15 @@ at::Tensor draw_factors(const at::Tensor& x, double drop_prob, bool scale_by_kee
   const bool float_rounds_to_one =
       x.is_cuda() && math != at::kDouble && keep_prob < 1.0 && static_cast<float>(keep_prob) == 1.0f;
   const at::ScalarType draw = float_rounds_to_one ? at::kDouble : math;
+  // The draw is made on a tensor created from x, which vmap batches when x
+  // is batched; under vmap with per-slice offsets but one shared x, from the
+  // offsets, so that randomness="different" draws per slice.
+  const bool offsets_batched_alone =
+      cu_seqlens.has_value() && cu_seqlens->key_set().has(c10::DispatchKey::FuncTorchBatched) &&
+      !x.key_set().has(c10::DispatchKey::FuncTorchBatched);
+  const at::Tensor& source = offsets_batched_alone ? *cu_seqlens : x;
   at::Tensor factors =
-      x.new_empty_symint({sample_count(x, dim, cu_seqlens)}, x.options().dtype(draw));
+      source.new_empty_symint({sample_count(x, dim, cu_seqlens)}, x.options().dtype(draw));
   factors.bernoulli_(keep_prob, std::move(generator));
   if (scale_by_keep && keep_prob > 0.0) {
     factors.div_(keep_prob);
@@ -71,7 +71,7 @@ at::Tensor forward_composite(const at::Tensor& x, double drop_prob, bool trainin
                              std::optional<at::Generator> generator) {
   const int64_t dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator);
   if (!training || drop_prob == 0.0) {
-    return x;
+    return x.clone();
   }
   const at::Tensor factors = draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens,
                                           std::move(generator));
@@ -83,14 +83,16 @@ at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch, d
                          const std::optional<at::Tensor>& cu_seqlens,
                          std::optional<at::Generator> generator) {
   check_drop_prob(drop_prob);  // first, as the Python backend checks
-  check_pair(residual, branch);
+  check_add_operands(residual, branch);
   const int64_t dim = check_draw_args(branch, drop_prob, batch_dim, cu_seqlens, generator);
   if (!training || drop_prob == 0.0) {
     return at::add(residual, branch);
   }
-  const at::Tensor factors = draw_factors(branch, drop_prob, scale_by_keep, dim, cu_seqlens,
+  const at::ScalarType dtype = at::result_type(residual, branch);
+  const at::Tensor promoted = branch.to(dtype);
+  const at::Tensor factors = draw_factors(promoted, drop_prob, scale_by_keep, dim, cu_seqlens,
                                           std::move(generator));
-  return add_rows(residual, branch, factors, dim, cu_seqlens);
+  return add_rows(residual.to(dtype), promoted, factors, dim, cu_seqlens);
 }
 
 std::string cpu_kernel_capability() {

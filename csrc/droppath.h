@@ -10,9 +10,10 @@
 
 namespace droppath {
 
-// timm's drop_path: identity when !training or drop_prob == 0; otherwise each
-// sample is kept with probability 1 - drop_prob and, if scale_by_keep,
-// rescaled by 1 / (1 - drop_prob). All zeros at drop_prob == 1.
+// timm's drop_path: the identity when !training or drop_prob == 0 (x itself,
+// arguments checked, no op called); otherwise each sample is kept with
+// probability 1 - drop_prob and, if scale_by_keep, rescaled by
+// 1 / (1 - drop_prob). All zeros at drop_prob == 1.
 // A sample is one index along batch_dim (negative counts from the end), or,
 // with cu_seqlens (n + 1 int32/int64 offsets along batch_dim), the range
 // [cu_seqlens[i], cu_seqlens[i + 1]) of a packed batch.
@@ -23,6 +24,7 @@ at::Tensor forward(const at::Tensor& x, double drop_prob, bool training,
                    const std::optional<at::Tensor>& cu_seqlens = std::nullopt);
 
 // residual + forward(branch, ...) in one pass; dropped samples' branch is not read.
+// Mixed dtypes promote, as residual + forward(branch) would.
 at::Tensor add(const at::Tensor& residual, const at::Tensor& branch,
                double drop_prob, bool training, bool scale_by_keep,
                std::optional<at::Generator> generator = std::nullopt,

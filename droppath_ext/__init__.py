@@ -2,21 +2,23 @@
 
 Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
 :func:`drop_path_residual`, :class:`DropPath`, :class:`StochasticDepth`,
-:func:`convert_model`, :func:`backend`.
+:func:`convert_model`, :func:`backend`, :func:`replay_generators`.
 """
 
 from . import _library
 from ._library import backend, backend_reason
+from .checkpointing import replay_generators
 from .convert import ConversionReport, convert_model
 from .functional import drop_path, drop_path_add, stochastic_depth
 from .modules import DropPath, StochasticDepth
 from .residual import drop_path_residual
 
 if _library.LOADED:
-    from . import _inductor, _vmap
+    from . import _decompositions, _dtensor, _vmap
 
     _vmap.register()
-    _inductor.register()
+    _decompositions.register()
+    _dtensor.register()
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ __all__ = [
     "drop_path",
     "drop_path_add",
     "drop_path_residual",
+    "replay_generators",
     "stochastic_depth",
     "__version__",
 ]

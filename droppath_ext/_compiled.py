@@ -1,12 +1,20 @@
 """The compiled backend: the same functions as ``_reference``, calling ``torch.ops.droppath``.
 
 TorchScript-compatible, so modules calling these script straight to the ops.
+
+In eval mode or at ``drop_prob == 0`` (identity) no op is called: the
+arguments are checked here in Python, as the op would check them, and the
+input is returned, so no ``droppath`` op reaches a traced, exported, scripted
+(then frozen) or ONNX graph of an eval model. Under torch.fx symbolic tracing
+each call is one graph node, the op itself.
 """
 
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from . import _validation
 
 
 def sample_factors(
@@ -70,6 +78,12 @@ def forward(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
+    if not training or drop_prob == 0.0:
+        if not torch.jit.is_scripting():  # (a scripted, frozen eval model keeps no checks either)
+            _validation.check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator)
+        return x
+    if cu_seqlens is not None and not torch.jit.is_scripting():
+        _validation.check_cu_seqlens_in_graph(x, batch_dim, cu_seqlens)
     if batch_dim == 0 and cu_seqlens is None and generator is None:
         # Keyword arguments cost the op call about a microsecond to bind.
         return torch.ops.droppath.forward(x, drop_prob, training, scale_by_keep)
@@ -89,6 +103,12 @@ def add(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
+    if not training or drop_prob == 0.0:
+        if not torch.jit.is_scripting():
+            _validation.check_add_args(residual, branch, drop_prob, batch_dim, cu_seqlens, generator)
+        return residual + branch
+    if cu_seqlens is not None and not torch.jit.is_scripting():
+        _validation.check_cu_seqlens_in_graph(branch, batch_dim, cu_seqlens)
     if batch_dim == 0 and cu_seqlens is None and generator is None:
         return torch.ops.droppath.add(residual, branch, drop_prob, training, scale_by_keep)
     return torch.ops.droppath.add(

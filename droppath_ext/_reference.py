@@ -11,20 +11,27 @@ zero (its branch is not used, so even a non-finite value there gives 0).
 
 A sample is one index along ``batch_dim``, or with ``cu_seqlens`` (n + 1
 offsets along ``batch_dim``) one segment of a packed batch.
+
+Under torch.fx symbolic tracing (and for any tensor type that overrides
+``__torch_function__``) the entry points below are one graph node each, as
+``torch.nn.functional``'s functions are: their Python control flow looks at
+dtypes, shapes and devices, which a proxy does not have.
 """
 
 from typing import List, Optional
 
 import torch
 from torch import Tensor
+from torch.overrides import handle_torch_function, has_torch_function
 
 from ._validation import (
+    check_add_args,
     check_cu_seqlens,
     check_cu_seqlens_values,
-    check_drop_prob,
-    check_generator,
+    check_draw_args,
     check_input,
     check_pair,
+    dim_of,
     normalize_batch_dim,
 )
 
@@ -93,9 +100,21 @@ def _samples(x: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> int:
 
 
 def _checked_dim(x: Tensor, batch_dim: int, cu_seqlens: Optional[Tensor]) -> int:
-    dim = normalize_batch_dim(x.dim(), batch_dim)
+    dim = dim_of(x, batch_dim)
     check_cu_seqlens(x, cu_seqlens)
     return dim
+
+
+def _draw_source(x: Tensor, cu_seqlens: Optional[Tensor]) -> Tensor:
+    """The tensor the draw is created from: x, which vmap batches when x is
+    batched; under vmap with per-slice offsets but one shared x, the offsets,
+    so that randomness="different" draws per slice (as the compiled op does)."""
+    if not torch.jit.is_scripting():
+        if cu_seqlens is not None:
+            batched = torch._C._functorch.is_batchedtensor
+            if batched(cu_seqlens) and not batched(x):
+                return cu_seqlens
+    return x
 
 
 def sample_factors(
@@ -107,10 +126,11 @@ def sample_factors(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """One factor per sample of ``x``: 0 with probability ``drop_prob``, else 1/keep_prob (or 1)."""
-    check_drop_prob(drop_prob)
-    check_input(x, "x")
-    dim = _checked_dim(x, batch_dim, cu_seqlens)
-    check_generator(x, generator)
+    if not torch.jit.is_scripting():
+        if has_torch_function((x, cu_seqlens)):
+            return handle_torch_function(sample_factors, (x, cu_seqlens), x, drop_prob, scale_by_keep,
+                                         batch_dim, cu_seqlens, generator)
+    dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator)
     keep_prob = 1.0 - drop_prob
     math = _math_dtype(x)
     draw = math
@@ -118,7 +138,7 @@ def sample_factors(
     # in float64 on CUDA, where bernoulli_ compares in the tensor's precision.
     if x.is_cuda and math != torch.float64 and keep_prob < 1.0 and drop_prob <= 2.0**-25:
         draw = torch.float64
-    factors = x.new_empty([_samples(x, dim, cu_seqlens)], dtype=draw)
+    factors = _draw_source(x, cu_seqlens).new_empty([_samples(x, dim, cu_seqlens)], dtype=draw, device=x.device)
     factors.bernoulli_(keep_prob, generator=generator)
     if scale_by_keep and keep_prob > 0.0:
         factors.div_(keep_prob)
@@ -129,6 +149,9 @@ def scale_rows(
     x: Tensor, factors: Tensor, batch_dim: int = 0, cu_seqlens: Optional[Tensor] = None
 ) -> Tensor:
     """Each sample of ``x`` multiplied by its factor (exactly 0 where the factor is 0)."""
+    if not torch.jit.is_scripting():
+        if has_torch_function((x, factors, cu_seqlens)):
+            return handle_torch_function(scale_rows, (x, factors, cu_seqlens), x, factors, batch_dim, cu_seqlens)
     check_input(x, "x")
     dim = _checked_dim(x, batch_dim, cu_seqlens)
     _check_factors(factors, _samples(x, dim, cu_seqlens))
@@ -213,10 +236,11 @@ def forward(
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
     """timm's ``drop_path``; see :func:`droppath_ext.drop_path`."""
-    check_drop_prob(drop_prob)
-    check_input(x, "x")
-    dim = _checked_dim(x, batch_dim, cu_seqlens)
-    check_generator(x, generator)
+    if not torch.jit.is_scripting():
+        if training and drop_prob != 0.0 and has_torch_function((x, cu_seqlens)):
+            return handle_torch_function(forward, (x, cu_seqlens), x, drop_prob, training, scale_by_keep,
+                                         batch_dim, cu_seqlens, generator)
+    dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator)
     if not training or drop_prob == 0.0:
         return x
     factors = sample_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
@@ -233,12 +257,16 @@ def add(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """``residual + drop_path(branch)``; see :func:`droppath_ext.drop_path_add`."""
-    check_drop_prob(drop_prob)
-    check_pair(residual, branch)
-    dim = _checked_dim(branch, batch_dim, cu_seqlens)
-    check_generator(branch, generator)
+    """``residual + drop_path(branch)``; see :func:`droppath_ext.drop_path_add`.
+    Mixed dtypes promote, as that sum does."""
+    if not torch.jit.is_scripting():
+        if training and drop_prob != 0.0 and has_torch_function((residual, branch, cu_seqlens)):
+            return handle_torch_function(add, (residual, branch, cu_seqlens), residual, branch, drop_prob,
+                                         training, scale_by_keep, batch_dim, cu_seqlens, generator)
+    dim = check_add_args(residual, branch, drop_prob, batch_dim, cu_seqlens, generator)
     if not training or drop_prob == 0.0:
         return residual + branch
+    dtype = torch.promote_types(residual.dtype, branch.dtype)
+    residual, branch = residual.to(dtype), branch.to(dtype)
     factors = sample_factors(branch, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
     return add_rows(residual, branch, factors, dim, cu_seqlens)

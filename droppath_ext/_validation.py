@@ -2,12 +2,26 @@
 
 The messages match the C++ ops' (csrc/checks.cpp), so an error reads the same
 whichever backend raises it.
+
+Under torch.fx symbolic tracing the tensors are proxies, with no dtype, shape
+or values to check: the checks pass them (Python control flow on a proxy
+raises), and the ops check the real tensors when the traced graph runs.
 """
 
 from typing import List, Optional
 
 import torch
 from torch import Tensor
+
+from . import _tracing
+
+
+def symbolic(x: Optional[Tensor]) -> bool:
+    """An FX proxy standing for a tensor (never under TorchScript)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return _tracing.is_proxy(x)
 
 
 def check_drop_prob(drop_prob: float) -> None:
@@ -17,6 +31,8 @@ def check_drop_prob(drop_prob: float) -> None:
 
 
 def check_input(x: Tensor, name: str) -> None:
+    if symbolic(x):
+        return
     dtype = x.dtype
     if (
         dtype != torch.float32
@@ -29,14 +45,18 @@ def check_input(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} must have a batch dimension, got a 0-dim tensor")
 
 
-def check_pair(residual: Tensor, branch: Tensor) -> None:
+def check_pair(residual: Tensor, branch: Tensor, same_dtype: bool = True) -> None:
+    """Same shape and device, and (``same_dtype``) dtype. The public ``add``
+    promotes dtypes instead, as ``residual + drop_path(branch)`` does."""
     check_input(residual, "residual")
     check_input(branch, "branch")
+    if symbolic(residual) or symbolic(branch):
+        return
     if residual.shape != branch.shape:
         raise ValueError(
             f"residual and branch must have the same shape, got {residual.shape} and {branch.shape}"
         )
-    if residual.dtype != branch.dtype:
+    if same_dtype and residual.dtype != branch.dtype:
         raise TypeError(
             f"residual and branch must have the same dtype, got {residual.dtype} and {branch.dtype}"
         )
@@ -56,9 +76,17 @@ def normalize_batch_dim(ndim: int, batch_dim: int) -> int:
     return batch_dim + ndim if batch_dim < 0 else batch_dim
 
 
+def dim_of(x: Tensor, batch_dim: int) -> int:
+    """``batch_dim`` of ``x``, normalised (as given for an FX proxy: the ops
+    take negative dims too)."""
+    if symbolic(x):
+        return batch_dim
+    return normalize_batch_dim(x.dim(), batch_dim)
+
+
 def check_cu_seqlens(x: Tensor, cu_seqlens: Optional[Tensor]) -> None:
     """What can be checked without reading the offsets' values."""
-    if cu_seqlens is None:
+    if cu_seqlens is None or symbolic(x) or symbolic(cu_seqlens):
         return
     if cu_seqlens.dtype != torch.int32 and cu_seqlens.dtype != torch.int64:
         raise TypeError(f"cu_seqlens must be torch.int32 or torch.int64, got {cu_seqlens.dtype}")
@@ -72,18 +100,23 @@ def check_cu_seqlens(x: Tensor, cu_seqlens: Optional[Tensor]) -> None:
         )
 
 
-def _values_readable() -> bool:
-    """False while torch.compile / torch.export trace (the values are symbolic then)."""
+def _values_readable(cu_seqlens: Tensor) -> bool:
+    """Whether the offsets' values can be read here (see _tracing)."""
     if torch.jit.is_scripting():
         return True
     else:
-        return not torch.compiler.is_compiling()
+        return _tracing.plain_eager(cu_seqlens)
 
 
 def check_cu_seqlens_values(cu_seqlens: Tensor, length: int) -> None:
-    """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == length (reads the
-    values; not while tracing, where only the compiled op's kernel checks them)."""
-    if not _values_readable():
+    """cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == length. Read on
+    the host in eager mode; under torch.compile / torch.export a device-side
+    assertion in the graph checks them when it runs; under other tracers
+    (jit.trace, FX, fake tensors) the compiled op's kernel checks them."""
+    if not _values_readable(cu_seqlens):
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_compiling():
+                assert_cu_seqlens_in_graph(cu_seqlens, length)
         return
     offsets: List[int] = cu_seqlens.tolist()
     if offsets[0] != 0:
@@ -99,6 +132,16 @@ def check_cu_seqlens_values(cu_seqlens: Tensor, length: int) -> None:
         )
 
 
+def assert_cu_seqlens_in_graph(cu_seqlens: Tensor, length: int) -> None:
+    """The offsets check as ops of a compiled graph (no host read, no graph
+    break): torch._assert_async raises when the graph runs with bad offsets."""
+    valid = (cu_seqlens[0] == 0) & (cu_seqlens[-1] == length) & (cu_seqlens[1:] >= cu_seqlens[:-1]).all()
+    torch._assert_async(
+        valid, f"cu_seqlens must start at 0, be non-decreasing and end at the size of the batch "
+               f"dimension ({length})"
+    )
+
+
 def check_generator(x: Tensor, generator: Optional[torch.Generator]) -> None:
     # TorchScript has no Generator.device; a scripted call passes no generator.
     if not torch.jit.is_scripting() and generator is not None:
@@ -109,3 +152,44 @@ def check_generator(x: Tensor, generator: Optional[torch.Generator]) -> None:
             raise ValueError(
                 f"generator must be on the input's device {x.device}, got a generator on {device}"
             )
+
+
+def check_draw_args(
+    x: Tensor,
+    drop_prob: float,
+    batch_dim: int,
+    cu_seqlens: Optional[Tensor],
+    generator: Optional[torch.Generator],
+) -> int:
+    """Every check of a drawing call, made before any shortcut (eval mode
+    included); returns the batch dim, normalised."""
+    check_drop_prob(drop_prob)
+    check_input(x, "x")
+    dim = dim_of(x, batch_dim)
+    check_cu_seqlens(x, cu_seqlens)
+    check_generator(x, generator)
+    return dim
+
+
+def check_add_args(
+    residual: Tensor,
+    branch: Tensor,
+    drop_prob: float,
+    batch_dim: int,
+    cu_seqlens: Optional[Tensor],
+    generator: Optional[torch.Generator],
+) -> int:
+    """``check_draw_args`` for ``add`` (dtypes may differ: they promote)."""
+    check_drop_prob(drop_prob)
+    check_pair(residual, branch, same_dtype=False)
+    return check_draw_args(branch, drop_prob, batch_dim, cu_seqlens, generator)
+
+
+def check_cu_seqlens_in_graph(x: Tensor, batch_dim: int, cu_seqlens: Tensor) -> None:
+    """Under torch.compile / torch.export, where the op cannot read the
+    offsets, their check as ops of the graph (see check_cu_seqlens_values)."""
+    if torch.jit.is_scripting():
+        return
+    else:
+        if torch.compiler.is_compiling():
+            assert_cu_seqlens_in_graph(cu_seqlens, x.shape[normalize_batch_dim(x.dim(), batch_dim)])

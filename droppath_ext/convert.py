@@ -182,13 +182,32 @@ _FUSERS: Dict[str, tuple[Callable[[nn.Module], bool], type]] = {
     "torchvision.models.convnext.CNBlock": (_fusable_cnblock, _FusedTorchvisionCNBlock),
 }
 _FUSED_CLASSES: Dict[type, type] = {}
+_FUSED_FROM: Dict[type, tuple[type, type]] = {}  # fused class -> (the block's class, the mixin)
 
 
 def _fused_class(cls: type, mixin: type) -> type:
     if cls not in _FUSED_CLASSES:
         name = f"DropPathFused{cls.__name__}"
-        _FUSED_CLASSES[cls] = type(name, (mixin, cls), {"__module__": __name__, "__qualname__": name})
+        fused = type(name, (mixin, cls), {"__module__": __name__, "__qualname__": name,
+                                          "__reduce_ex__": _reduce_fused_block})
+        _FUSED_CLASSES[cls] = fused
+        _FUSED_FROM[fused] = (cls, mixin)
     return _FUSED_CLASSES[cls]
+
+
+def _new_fused_block(cls: type, mixin: type) -> nn.Module:
+    """Unpickling: an empty instance of the fused class, made again from the
+    classes it combines (both importable by name), whose state pickle restores."""
+    fused = _fused_class(cls, mixin)
+    return fused.__new__(fused)
+
+
+def _reduce_fused_block(self: nn.Module, protocol: int):
+    """Fused classes are made at run time, so pickle cannot import them by
+    name: a fused block pickles as the two classes it combines, and its state
+    (torch.save(model), copy.deepcopy, multiprocessing)."""
+    cls, mixin = _FUSED_FROM[type(self)]
+    return _new_fused_block, (cls, mixin), dict(self.__dict__)
 
 
 def _holds_stochastic_depth(module: nn.Module) -> bool:

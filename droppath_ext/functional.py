@@ -101,8 +101,10 @@ def stochastic_depth(input: Tensor, p: float, mode: str, training: bool = True) 
         return input
     if mode == "row":
         return _backend.forward(input, p, training, True, 0, None, None)
-    # One draw for the whole batch, shared by every sample.
-    factors = _backend.sample_factors(input.narrow(0, 0, min(1, input.shape[0])), p, True, 0, None, None)
+    # One draw for the whole batch, shared by every sample: drawn for a
+    # one-sample stand-in of input's dtype and device (no branch on the
+    # batch size, which an FX proxy does not have).
+    factors = _backend.sample_factors(input.new_empty([1]), p, True, 0, None, None)
     return _backend.scale_rows(input, factors.expand(input.shape[0]), 0, None)
 
 

@@ -40,8 +40,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from . import functional
-from ._validation import check_drop_prob, check_input, normalize_batch_dim
+from . import _tracing, functional
+from ._validation import check_drop_prob, check_input, dim_of
 
 SkipDropped = Union[bool, str]
 """``True`` (skip), ``False`` (masked form) or ``"auto"`` (:func:`skip_pays`)."""
@@ -86,23 +86,21 @@ def skip_pays(batch: int, drop_prob: float, device_type: str) -> bool:
     return (batch - expected) / batch >= _MIN_CUDA_SAVING
 
 
-def _compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and compiler.is_compiling())
-
-
-def _transformed() -> bool:
-    """Inside a torch.func transform (grad, vmap, jvp, ...)."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-def _use_skip(skip_dropped: SkipDropped, batch: int, drop_prob: float, device_type: str) -> bool:
+def _check_skip_dropped(skip_dropped: SkipDropped) -> None:
     if skip_dropped is not True and skip_dropped is not False and skip_dropped != "auto":
         raise ValueError(f"skip_dropped must be True, False or 'auto', got {skip_dropped!r}")
-    if skip_dropped is False or _compiling() or _transformed():
+
+
+def _use_skip(skip_dropped: SkipDropped, x: Tensor, res: Tensor, batch: int, drop_prob: float) -> bool:
+    """Skip mode where it is asked for (or pays, for "auto") and legal: it
+    reads the mask on the host and branches on it, which only plain eager
+    execution allows (_tracing.why_not_plain_eager), with the gather/scatter
+    kernels of the CPU and CUDA."""
+    if skip_dropped is False or not _tracing.plain_eager(x, res):
         return False
-    return skip_dropped is True or skip_pays(batch, drop_prob, device_type)
+    if x.device.type not in ("cpu", "cuda"):
+        return False
+    return skip_dropped is True or skip_pays(batch, drop_prob, x.device.type)
 
 
 def drop_path_residual(
@@ -144,22 +142,27 @@ def drop_path_residual(
     """
     check_drop_prob(drop_prob)
     check_input(x, "x")
-    dim = normalize_batch_dim(x.dim(), batch_dim)
+    _check_skip_dropped(skip_dropped)
+    dim = dim_of(x, batch_dim)
     if cu_seqlens is not None:
         raise ValueError(
             "drop_path_residual does not take cu_seqlens: use drop_path_add(residual, "
             "branch_fn(x), ..., cu_seqlens=...) for packed batches"
         )
     res = x if residual is None else residual
-    if res.dim() != x.dim() or res.shape[dim] != x.shape[dim]:
+    symbolic = _tracing.is_proxy(x) or _tracing.is_proxy(res)  # FX: no shapes to check (the op checks)
+    if not symbolic and (res.dim() != x.dim() or res.shape[dim] != x.shape[dim]):
         raise ValueError(
             f"residual must have x's {x.shape[dim]} samples along batch_dim {dim}, "
             f"got shape {tuple(res.shape)}"
         )
     if not training or drop_prob == 0.0:
         return res + branch_fn(x)
-    if not _use_skip(skip_dropped, x.shape[dim], drop_prob, x.device.type):
-        res, branch = _aligned(res, branch_fn(x), dim, x.shape[dim])
+    if symbolic or not _use_skip(skip_dropped, x, res, x.shape[dim], drop_prob):
+        # The masked form: the fused op promotes dtypes as `res + drop_path(branch)` does.
+        branch = branch_fn(x)
+        if not symbolic:
+            _check_branch_shape(res, branch, dim, x.shape[dim])
         return functional.drop_path_add(
             res, branch, drop_prob, training, scale_by_keep, batch_dim=dim, generator=generator
         )
@@ -212,11 +215,8 @@ def _to_device(host: Tensor, device: torch.device) -> Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def _aligned(res: Tensor, branch: Tensor, dim: int, samples: int) -> tuple[Tensor, Tensor]:
-    """Checks the branch output's shape (``samples`` samples shaped like the
-    residual's) and brings both to their promoted dtype, as
-    ``residual + drop_path(branch)`` would (e.g. a bfloat16 branch under
-    autocast added to a float32 residual), on every path alike."""
+def _check_branch_shape(res: Tensor, branch: Tensor, dim: int, samples: int) -> None:
+    """The branch output: ``samples`` samples shaped like the residual's."""
     expected = list(res.shape)
     expected[dim] = samples
     if list(branch.shape) != expected:
@@ -224,5 +224,12 @@ def _aligned(res: Tensor, branch: Tensor, dim: int, samples: int) -> tuple[Tenso
             f"branch_fn must return one output per sample shaped like the residual: "
             f"expected {tuple(expected)}, got {tuple(branch.shape)}"
         )
+
+
+def _aligned(res: Tensor, branch: Tensor, dim: int, samples: int) -> tuple[Tensor, Tensor]:
+    """Checks the branch output's shape and brings both to their promoted
+    dtype, as ``residual + drop_path(branch)`` would (e.g. a bfloat16 branch
+    under autocast added to a float32 residual): skip mode's kernels take one dtype."""
+    _check_branch_shape(res, branch, dim, samples)
     dtype = torch.promote_types(res.dtype, branch.dtype)
     return res.to(dtype), branch.to(dtype)

@@ -100,7 +100,7 @@ def _check_compiler() -> None:
 
 # A line of the build worth showing: our own stage lines, ninja's progress
 # ("[3/10] c++ ... -c /path/csrc/autograd.cpp -o ..."), and errors.
-_PROGRESS = re.compile(r"^\s*\[(\d+)/(\d+)\].*?\s-c\s+(\S+)")
+_PROGRESS = re.compile(r"^\s*\[(\d+)/(\d+)\].*\s(\S+\.(?:cpp|cu))\b")
 _SHOW = re.compile(r"droppath_ext:|error:|Error|FAILED|Successfully installed")
 
 

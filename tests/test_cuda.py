@@ -51,6 +51,43 @@ def test_cuda_graph_replay_draws_fresh_masks(fused):
     assert any(not torch.equal(masks[0], m) for m in masks[1:]), "replays reused one mask"
 
 
+def test_skip_mode_steps_aside_while_a_cuda_graph_is_captured():
+    """A captured training step with skip mode asked for: the host-drawn mask
+    would be captured once (every replay reusing it); the masked form runs
+    instead, and every replay draws a fresh mask on the device."""
+    fc = torch.nn.Linear(8, 8).cuda()
+    x = nonzero_input((256, 8), device="cuda")
+    seen = []
+
+    def branch(t):
+        seen.append(t.shape[0])
+        return fc(t)
+
+    def step():
+        return dp.drop_path_residual(x, branch, 0.5, True, skip_dropped=True) - x
+
+    step()
+    assert seen[-1] < 256  # eager: skip mode
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    assert seen[-1] == 256  # captured: the masked form
+    masks = []
+    for _ in range(6):
+        graph.replay()
+        torch.cuda.synchronize()
+        kept = kept_mask(static_out)
+        assert _fraction_ok(kept, 0.5)
+        masks.append(kept.clone())
+    assert any(not torch.equal(masks[0], m) for m in masks[1:]), "replays reused one mask"
+
+
 def test_non_default_stream_gives_the_same_result():
     x = nonzero_input((512, 33), device="cuda")
     torch.cuda.manual_seed(3)

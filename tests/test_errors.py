@@ -55,9 +55,20 @@ def test_add_shape_mismatch(backend):
         dp.drop_path_add(torch.randn(4, 3), torch.randn(4, 2), 0.5, training=True)
 
 
-def test_add_dtype_mismatch(backend):
-    with pytest.raises(TypeError, match="same dtype, got torch.float32 and torch.float64"):
-        dp.drop_path_add(torch.randn(4, 3), torch.randn(4, 3, dtype=torch.float64), 0.5, training=True)
+@pytest.mark.parametrize("training", [True, False])
+def test_add_of_mixed_dtypes_promotes_like_the_unfused_sum(backend, training):
+    """residual + drop_path(branch) promotes (a bfloat16 branch under autocast
+    added to a float32 residual): so does the fused op, in both backends."""
+    residual = torch.randn(6, 3)
+    branch = torch.randn(6, 3, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    out = dp.drop_path_add(residual, branch, 0.5, training=training)
+    torch.manual_seed(0)
+    expected = residual + dp.drop_path(branch.float(), 0.5, training=training)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64, got torch.int64"):
+        dp.drop_path_add(residual, torch.ones(6, 3, dtype=torch.int64), 0.5, training=training)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -144,10 +144,11 @@ def test_any_input_is_handled_or_rejected_cleanly(
     except (ValueError, TypeError, IndexError) as error:
         assert not valid, error
     other = torch.zeros(shape + [1] if other_shape else shape, dtype=other_dtype)
-    valid_pair = valid and not other_shape and other_dtype == dtype
+    valid_pair = valid and not other_shape and other_dtype in DTYPES  # floating dtypes promote
     try:
         out = impl.add(x, other, drop_prob, training, True, batch_dim, None, None)
         assert valid_pair
+        assert out.dtype == torch.promote_types(dtype, other_dtype) and out.shape == x.shape
     except (ValueError, TypeError, IndexError) as error:
         assert not valid_pair, error
 

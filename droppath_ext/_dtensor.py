@@ -1,0 +1,69 @@
+"""DTensor sharding rules for the deterministic ops (tensor and sequence
+parallelism, FSDP2 and DTensor-based data parallelism).
+
+``_scale_rows`` / ``_add_rows`` act on each sample independently and are
+linear in the branch, so a sharded input needs no communication:
+
+- sharded along any dim but the sample dim (sequence / hidden parallelism):
+  the factors stay replicated, every rank applies all of them to its piece;
+- sharded along the sample dim: the factors are sharded the same way, each
+  rank applies its samples' factors;
+- partial sums (a row-parallel linear's output before its reduction): the
+  scale of each partial is the scale of the sum.
+
+The factors themselves are drawn on a replicated DTensor (``_sample_factors``
+is composite: ``new_empty(n).bernoulli_()``), so a sample's pieces on
+different ranks share one draw, and DTensor's random-op handling decides
+the draw: on CUDA meshes its RNG tracker gives every rank the same values
+whatever each rank's own seed; on CPU meshes (no tracker) each rank draws
+from its own generator, so the ranks of a mesh must share a seed (see
+README, "DTensor").
+
+Packed batches (``cu_seqlens``) are only supported replicated.
+"""
+
+from __future__ import annotations
+
+from ._on_import import when_imported
+
+
+def _sharding_rules(batch_dim: int, ndim: int, extra_inputs: int, packed: bool) -> list:
+    """(output placements, input placements) pairs, one per acceptable sharding
+    of the op's first (sample-carrying) inputs; ``extra_inputs`` more tensors
+    (residual and branch for _add_rows) share the first one's placement."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.placement_types import Partial
+
+    dim = batch_dim % ndim
+    tail = [None, Replicate() if packed else None]  # batch_dim, cu_seqlens (replicated when given)
+    rules = [([Replicate()], [Replicate()] * (1 + extra_inputs) + [Replicate()] + tail)]
+    if packed:
+        return rules
+    for d in range(ndim):
+        factors = Shard(0) if d == dim else Replicate()
+        rules.append(([Shard(d)], [Shard(d)] * (1 + extra_inputs) + [factors] + tail))
+    if extra_inputs == 0:  # scale_rows is linear in x; add_rows is not (residual + ...)
+        rules.append(([Partial()], [Partial(), Replicate()] + tail))
+    return rules
+
+
+def _register(_module) -> None:
+    try:
+        import torch
+        from torch.distributed.tensor.experimental import register_sharding
+    except ImportError:  # a torch without DTensor's public registration: DTensors stay unsupported
+        return
+
+    @register_sharding(torch.ops.droppath._scale_rows.default)
+    def _scale_rows(x, factors, batch_dim=0, cu_seqlens=None):
+        return _sharding_rules(batch_dim, x.ndim, 0, cu_seqlens is not None)
+
+    @register_sharding(torch.ops.droppath._add_rows.default)
+    def _add_rows(residual, branch, factors, batch_dim=0, cu_seqlens=None):
+        return _sharding_rules(batch_dim, branch.ndim, 1, cu_seqlens is not None)
+
+
+def register() -> None:
+    """Register the rules with DTensor when it is imported (importing it
+    costs about half a second, which only DTensor users should pay)."""
+    when_imported("torch.distributed.tensor", _register)

@@ -1,0 +1,84 @@
+"""Where Python may look at tensor *values* and branch on them: one predicate.
+
+Skip mode (``drop_path_residual``) reads the drawn mask on the host and picks
+shapes and code paths from it (how many samples to compute, the all-dropped
+and all-kept shortcuts); the offsets check reads ``cu_seqlens``. That is legal
+only in plain eager execution on real, plain tensors. Everywhere else the
+value read is either impossible (FX proxies, fake and meta tensors) or is
+frozen into whatever is being recorded (``torch.jit.trace``, ``make_fx``,
+``torch.export``, CUDA graph capture, dynamo), so that later runs silently
+replay one draw. There the masked form runs instead: the same result for the
+same mask, with no data-dependent control flow.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+
+
+def is_proxy(value: object) -> bool:
+    """An FX symbolic-tracing proxy (``torch.fx.symbolic_trace``, torchvision's
+    and timm's feature extraction): it has no dtype, shape or values to check."""
+    return isinstance(value, torch.fx.Proxy)
+
+
+def _functorch_active() -> bool:
+    """Inside a torch.func transform (grad, vmap, jvp, functionalize, ...)."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+def _function_modes_active() -> bool:
+    """A TorchFunctionMode other than ``with torch.device(...)`` (which only
+    picks a default device): tracers such as pre-dispatch make_fx use them."""
+    if not torch._C._is_torch_function_mode_enabled():
+        return False
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+
+    return any(not isinstance(mode, DeviceContext) for mode in _get_current_function_mode_stack())
+
+
+def _cuda_capturing(tensors: tuple) -> bool:
+    """A CUDA graph is being captured on the current stream (asked only when a
+    tensor is on CUDA: the query needs a working CUDA context)."""
+    return any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing()
+
+
+def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
+    """Why reading these tensors' values (and branching on them) is not
+    allowed here, or None where it is: plain eager execution on real tensors
+    of the plain ``torch.Tensor`` type, with nothing recording the ops."""
+    present = tuple(t for t in tensors if t is not None)
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if torch.compiler.is_compiling():
+        return "torch.compile / torch.export"
+    if any(is_proxy(t) for t in present) or (_symbolic_tracing is not None and _symbolic_tracing()):
+        return "torch.fx symbolic tracing"
+    for t in present:
+        if type(t) not in _PLAIN_TYPES:
+            return f"a tensor subclass ({type(t).__name__})"
+        if t.is_meta:
+            return "meta tensors"
+    if _functorch_active():
+        return "a torch.func transform"
+    if torch._C._len_torch_dispatch_stack() > 0:
+        return "a TorchDispatchMode (FakeTensorMode, make_fx, ...)"
+    if _function_modes_active():
+        return "a TorchFunctionMode"
+    if _cuda_capturing(present):
+        return "CUDA graph capture"
+    return None
+
+
+def plain_eager(*tensors: Optional[Tensor]) -> bool:
+    """Whether Python may read these tensors' values and branch on them
+    (:func:`why_not_plain_eager` says why not)."""
+    return why_not_plain_eager(*tensors) is None

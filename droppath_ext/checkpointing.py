@@ -1,0 +1,57 @@
+"""Activation checkpointing with explicit generators (``generator=``).
+
+``torch.utils.checkpoint`` recomputes a region's forward during the backward
+pass, restoring the *default* generators' states first (``preserve_rng_state``)
+so that random ops draw what they drew the first time. A generator passed
+explicitly (``drop_path(..., generator=g)``) is not among them: without help
+the recomputation draws the next values of ``g``, a different mask than the
+one the forward used, and the gradients are wrong. :func:`replay_generators`
+is the help, in the form checkpoint takes (non-reentrant checkpoint only)::
+
+    g = torch.Generator().manual_seed(0)
+    out = torch.utils.checkpoint.checkpoint(
+        block, x, use_reentrant=False, context_fn=droppath_ext.replay_generators(g))
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Iterator
+
+import torch
+
+__all__ = ["replay_generators"]
+
+
+def replay_generators(*generators: torch.Generator) -> Callable[[], tuple[ContextManager, ContextManager]]:
+    """A ``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``
+    that makes the recomputation draw from ``generators`` exactly what the
+    forward drew: their states are saved when the forward starts, set back for
+    the recomputation, and restored afterwards (so draws after the checkpointed
+    region are not disturbed)."""
+    for generator in generators:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"replay_generators takes torch.Generator objects, got {type(generator).__name__}")
+
+    def context_fn() -> tuple[ContextManager, ContextManager]:
+        saved: list[torch.Tensor] = []
+
+        @contextlib.contextmanager
+        def forward() -> Iterator[None]:
+            saved[:] = [g.get_state() for g in generators]
+            yield
+
+        @contextlib.contextmanager
+        def recompute() -> Iterator[None]:
+            current = [g.get_state() for g in generators]
+            for g, state in zip(generators, saved):
+                g.set_state(state)
+            try:
+                yield
+            finally:
+                for g, state in zip(generators, current):
+                    g.set_state(state)
+
+        return forward(), recompute()
+
+    return context_fn
