@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                   # CPU: ViT-Tiny, batch 32
     python benchmarks/train_step.py --device cuda --amp bf16 --model vit_base_patch16_224 --batch 128
     python benchmarks/train_step.py --compile --rates 0.4             # eager and torch.compile
+    python benchmarks/train_step.py --compile-only --img-size 96 --depth 6 --rates 0.1,0.4   # the CPU compiled table
     python benchmarks/train_step.py --loss-steps 50                   # plus a loss-curve comparison
 
 Variants, each its own model from the same initial weights:
@@ -21,8 +22,9 @@ are timed alternately, step by step (CUDA: synchronised), so drift hits all
 alike. Reported per variant: the median of the first ``--first-steps`` steps
 (cold start: cuDNN plans, autotuning, compilation), the median of the steady
 steps after them, the speedup over stock (steady), and peak memory. Under
-``--compile`` the converted models always use the masked form (skip mode
-needs eager shapes), so ``skip``/``masked`` are not compiled separately.
+``--compile`` every variant is compiled (skip mode included: the count of
+rows computed is a data-dependent size of one graph), and the table adds how
+many graphs each compiled (1: no recompilation, no graph break).
 """
 
 from __future__ import annotations
@@ -118,11 +120,17 @@ def time_variants(args, rate: float, compiled: bool) -> dict:
     torch.manual_seed(0)
     stock = _make(args.model, rate, args.img_size, args.depth).to(device).train()
     names = args.variants.split(",")
-    if compiled:
-        names = [n for n in names if n not in ("skip", "masked")]
     models = _variants(stock, names)
+    counters = {}
     if compiled:
-        models = {name: torch.compile(model) for name, model in models.items()}
+        from torch._dynamo.testing import CompileCounterWithBackend
+
+        torch._dynamo.reset()
+        if args.compile_mode:  # (a mode is for the inductor backend itself, not a wrapper counting graphs)
+            models = {name: torch.compile(model, mode=args.compile_mode) for name, model in models.items()}
+        else:
+            counters = {name: CompileCounterWithBackend("inductor") for name in models}
+            models = {name: torch.compile(model, backend=counters[name]) for name, model in models.items()}
     optims = {name: _optimizer(model, device) for name, model in models.items()}
     size = args.img_size or stock.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     x = torch.randn(args.batch, 3, size, size, device=device)
@@ -154,13 +162,15 @@ def time_variants(args, rate: float, compiled: bool) -> dict:
             "first_median_s": statistics.median(first) if first else None,
             "steady_median_s": statistics.median(steady),
             "peak_bytes": peak[name] or None,
+            "graphs": counters[name].frame_count if name in counters else None,
             "raw_s": values,
         }
     return result
 
 
 def _table(rows) -> str:
-    header = f"{'mode':<8} {'rate':>5} {'variant':<8} {'first ms':>9} {'steady ms':>10} {'vs stock':>9} {'peak MiB':>9}"
+    header = (f"{'mode':<8} {'rate':>5} {'variant':<8} {'first ms':>9} {'steady ms':>10} {'vs stock':>9} "
+              f"{'peak MiB':>9} {'graphs':>6}")
     lines = [header, "-" * len(header)]
     for mode, rate, res in rows:
         stock = res.get("stock", {}).get("steady_median_s")
@@ -168,8 +178,9 @@ def _table(rows) -> str:
             first = f"{r['first_median_s'] * 1e3:.1f}" if r["first_median_s"] else "-"
             speed = f"{stock / r['steady_median_s']:.3f}x" if stock else "-"
             peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] else "-"
+            graphs = "-" if r.get("graphs") is None else str(r["graphs"])
             lines.append(f"{mode:<8} {rate:>5} {name:<8} {first:>9} {r['steady_median_s'] * 1e3:>10.1f} "
-                         f"{speed:>9} {peak:>9}")
+                         f"{speed:>9} {peak:>9} {graphs:>6}")
     return "\n".join(lines)
 
 
@@ -217,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", choices=["none", "bf16"], default="none")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd variants")
     parser.add_argument("--compile-only", action="store_true", help="time only the torch.compile'd variants")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: the default mode)")
     parser.add_argument("--first-steps", type=int, default=3, help="cold-start steps, reported apart")
     parser.add_argument("--steps", type=int, default=6, help="steady-state steps after them")
     parser.add_argument("--loss-steps", type=int, default=0, help="also compare loss curves over this many steps")

@@ -10,8 +10,10 @@
 // (RowView). Anything else (expanded, sliced) is copied to contiguous once.
 //
 // The row-gathering ops (_take_rows, _add_taken_rows) change the size of the
-// batch dim, so their operands need one memory format in common:
-// contiguous, channels_last or channels_last_3d; others are made contiguous.
+// batch dim, so their operands need one memory format in common: the format
+// of the full-batch operand (x of _take_rows, the residual of
+// _add_taken_rows) when it is contiguous, channels_last or channels_last_3d,
+// else contiguous; the other operand is brought to it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -79,31 +81,30 @@ inline AddOperands as_add_operands(const at::Tensor& residual,
 
 // ---- row-gathering ops ----------------------------------------------------------
 
+// The "_or_false" queries: under torch.compile, skip mode's branch tensors have
+// a data-dependent (unbacked) number of rows, whose contiguity a plain query
+// would have to guard on (an empty tensor is contiguous in every format); a
+// layout that cannot be decided without it is treated as not that format.
 inline std::optional<at::MemoryFormat> memory_format_of(const at::Tensor& x) {
-  if (x.is_contiguous()) {
+  if (x.is_contiguous_or_false()) {
     return at::MemoryFormat::Contiguous;
   }
-  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+  if (x.dim() == 4 && x.is_contiguous_or_false(at::MemoryFormat::ChannelsLast)) {
     return at::MemoryFormat::ChannelsLast;
   }
-  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d)) {
+  if (x.dim() == 5 && x.is_contiguous_or_false(at::MemoryFormat::ChannelsLast3d)) {
     return at::MemoryFormat::ChannelsLast3d;
   }
   return std::nullopt;
 }
 
-inline at::MemoryFormat shared_memory_format(const at::Tensor& a, const at::Tensor& b) {
-  const auto format = memory_format_of(a);
-  return format.has_value() && format == memory_format_of(b) ? *format
-                                                             : at::MemoryFormat::Contiguous;
-}
-
 inline at::Tensor in_memory_format(const at::Tensor& x, at::MemoryFormat format) {
-  return x.is_contiguous(format) ? x : x.contiguous(format);
+  return x.is_contiguous_or_false(format) ? x : x.contiguous(format);
 }
 
-// The format _take_rows reads x in and writes its output in: x's own, or
-// contiguous when x has none of the three.
+// The format a row-gathering op reads and writes in: its full-batch
+// operand's own (x of _take_rows, the residual of _add_taken_rows), or
+// contiguous when it has none of the three.
 inline at::MemoryFormat own_memory_format(const at::Tensor& x) {
   return memory_format_of(x).value_or(at::MemoryFormat::Contiguous);
 }

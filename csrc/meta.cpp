@@ -37,7 +37,7 @@ at::Tensor add_taken_rows_meta(const at::Tensor& residual, const at::Tensor& bra
   const int64_t dim =
       check_add_taken_rows_args(residual, branch, factors, rows, inverse_rows, batch_dim);
   return empty_with_rows(residual, dim, residual.sym_size(dim),
-                         shared_memory_format(residual, branch));
+                         own_memory_format(residual));
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _validation
+from . import _dtensor, _validation
 
 
 def sample_factors(
@@ -25,9 +25,13 @@ def sample_factors(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    return torch.ops.droppath._sample_factors(
+    factors = torch.ops.droppath._sample_factors(
         x, drop_prob, scale_by_keep, batch_dim, cu_seqlens, generator=generator
     )
+    if not torch.jit.is_scripting():
+        if _dtensor.draws_per_rank(x):
+            factors = _dtensor.synced(factors)
+    return factors
 
 
 def scale_rows(
@@ -82,8 +86,12 @@ def forward(
         if not torch.jit.is_scripting():  # (a scripted, frozen eval model keeps no checks either)
             _validation.check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator)
         return x
-    if cu_seqlens is not None and not torch.jit.is_scripting():
-        _validation.check_cu_seqlens_in_graph(x, batch_dim, cu_seqlens)
+    if not torch.jit.is_scripting():
+        if cu_seqlens is not None:
+            _validation.check_cu_seqlens_in_graph(x, batch_dim, cu_seqlens)
+        if _dtensor.draws_per_rank(x):  # the draw and the scale apart, to sync the draw
+            factors = sample_factors(x, drop_prob, scale_by_keep, batch_dim, cu_seqlens, generator)
+            return scale_rows(x, factors, batch_dim, cu_seqlens)
     if batch_dim == 0 and cu_seqlens is None and generator is None:
         # Keyword arguments cost the op call about a microsecond to bind.
         return torch.ops.droppath.forward(x, drop_prob, training, scale_by_keep)
@@ -107,8 +115,14 @@ def add(
         if not torch.jit.is_scripting():
             _validation.check_add_args(residual, branch, drop_prob, batch_dim, cu_seqlens, generator)
         return residual + branch
-    if cu_seqlens is not None and not torch.jit.is_scripting():
-        _validation.check_cu_seqlens_in_graph(branch, batch_dim, cu_seqlens)
+    if not torch.jit.is_scripting():
+        if cu_seqlens is not None:
+            _validation.check_cu_seqlens_in_graph(branch, batch_dim, cu_seqlens)
+        if _dtensor.draws_per_rank(branch):  # the draw and the sum apart, to sync the draw
+            dtype = torch.promote_types(residual.dtype, branch.dtype)
+            residual, branch = residual.to(dtype), branch.to(dtype)
+            factors = sample_factors(branch, drop_prob, scale_by_keep, batch_dim, cu_seqlens, generator)
+            return add_rows(residual, branch, factors, batch_dim, cu_seqlens)
     if batch_dim == 0 and cu_seqlens is None and generator is None:
         return torch.ops.droppath.add(residual, branch, drop_prob, training, scale_by_keep)
     return torch.ops.droppath.add(

@@ -13,11 +13,11 @@ linear in the branch, so a sharded input needs no communication:
 
 The factors themselves are drawn on a replicated DTensor (``_sample_factors``
 is composite: ``new_empty(n).bernoulli_()``), so a sample's pieces on
-different ranks share one draw, and DTensor's random-op handling decides
-the draw: on CUDA meshes its RNG tracker gives every rank the same values
-whatever each rank's own seed; on CPU meshes (no tracker) each rank draws
-from its own generator, so the ranks of a mesh must share a seed (see
-README, "DTensor").
+different ranks share one draw. On CUDA meshes DTensor's RNG tracker gives
+every rank the same values whatever each rank's own seed. On CPU meshes torch
+has no tracker and each rank draws from its own generator; there the drawn
+factors (one number per sample) are broadcast from the mesh's first rank, so
+the ranks agree even when they seed differently (as data-parallel scripts do).
 
 Packed batches (``cu_seqlens``) are only supported replicated.
 """
@@ -25,6 +25,28 @@ Packed batches (``cu_seqlens``) are only supported replicated.
 from __future__ import annotations
 
 from ._on_import import when_imported
+
+
+def draws_per_rank(x) -> bool:
+    """A DTensor on a mesh where DTensor's random ops draw on each rank from
+    its own generator (no RNG tracker: CPU meshes)."""
+    return type(x).__name__ == "DTensor" and x.device_mesh.device_type == "cpu"
+
+
+def synced(factors):
+    """``factors``, a replicated DTensor drawn on every rank, made equal to the
+    mesh's first rank's draw: broadcast along each mesh dim from its first
+    coordinate (n numbers per call)."""
+    import torch
+    import torch.distributed as dist
+
+    mesh = factors.device_mesh
+    with torch.no_grad():
+        local = factors.to_local()
+        for dim in range(mesh.ndim):
+            group = mesh.get_group(dim)
+            dist.broadcast(local, src=dist.get_global_rank(group, 0), group=group)
+    return factors
 
 
 def _sharding_rules(batch_dim: int, ndim: int, extra_inputs: int, packed: bool) -> list:

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch.overrides import handle_torch_function, has_torch_function
 
+from . import _dtensor
+
 from ._validation import (
     check_add_args,
     check_cu_seqlens,
@@ -142,6 +144,9 @@ def sample_factors(
     factors.bernoulli_(keep_prob, generator=generator)
     if scale_by_keep and keep_prob > 0.0:
         factors.div_(keep_prob)
+    if not torch.jit.is_scripting():
+        if _dtensor.draws_per_rank(x):
+            factors = _dtensor.synced(factors)
     return factors.to(math)
 
 
@@ -220,10 +225,26 @@ def add_taken_rows(
     _check_rows(inverse_rows, "inverse_rows", count)
     valid = (rows >= 0) & (rows < count)
     f = torch.where(valid, factors.to(_math_dtype(residual)), torch.zeros((), device=factors.device))
+    if _traced_size(count):
+        # A data-dependent count (skip mode under torch.compile), possibly 0:
+        # no branch on it; the rows not computed read an appended zero row.
+        shape: List[int] = list(branch.shape)
+        shape[dim] = 1
+        branch = torch.cat([branch, branch.new_zeros(shape)], dim)
+        return _add(residual, branch.index_select(dim, torch.where(valid, rows, count)), f, dim, None)
     if count == 0:
         return residual.clone()
     gathered = branch.index_select(dim, torch.where(valid, rows, torch.zeros_like(rows)))
     return _add(residual, gathered, f, dim, None)
+
+
+def _traced_size(size: int) -> bool:
+    """Under torch.compile, where a size may be data-dependent (skip mode's
+    count of rows) and must not be branched on."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return torch.compiler.is_compiling()
 
 
 def forward(

@@ -78,6 +78,22 @@ def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
     return None
 
 
+def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
+    """How skip mode may run here: ``"eager"`` (plain eager execution: the
+    mask read on the host), ``"compiled"`` (being traced by torch.compile,
+    where the count of rows computed becomes an unbacked size of one graph:
+    _skip_rows), or None (the masked form: every other tracer, transform,
+    fake/meta tensor, tensor subclass, CUDA graph capture, torch.export)."""
+    present = tuple(t for t in tensors if t is not None)
+    if torch.compiler.is_compiling():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return None
+        if any(type(t) not in _PLAIN_TYPES or t.is_meta for t in present):
+            return None
+        return "compiled"
+    return "eager" if why_not_plain_eager(*present) is None else None
+
+
 def plain_eager(*tensors: Optional[Tensor]) -> bool:
     """Whether Python may read these tensors' values and branch on them
     (:func:`why_not_plain_eager` says why not)."""

@@ -8,8 +8,10 @@ not a fixed-size subset, and the result equals the masked form
 ``residual + drop_path(branch_fn(x))`` for that mask, in every dtype.
 
 How (skip mode): the mask is drawn on the host, so the kept count is known
-without waiting for the device; the rows to compute are gathered in one pass
-(``droppath::_take_rows``), the branch runs on them, and its output is added
+without waiting for the device (under ``torch.compile`` the count is a
+data-dependent size of the compiled graph: see ``_skip_rows``); the rows to
+compute are gathered in one pass (``droppath::_take_rows``), the branch runs
+on them, and its output is added
 back in one pass (``droppath::_add_taken_rows``: no atomics, no zero-filled
 full-size tensor; the backward is the same two ops the other way round).
 On CUDA the number of rows computed is rounded up to one of at most 8 sizes
@@ -40,7 +42,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from . import _tracing, functional
+from . import _skip_rows, _tracing, functional
 from ._validation import check_drop_prob, check_input, dim_of
 
 SkipDropped = Union[bool, str]
@@ -91,16 +93,21 @@ def _check_skip_dropped(skip_dropped: SkipDropped) -> None:
         raise ValueError(f"skip_dropped must be True, False or 'auto', got {skip_dropped!r}")
 
 
-def _use_skip(skip_dropped: SkipDropped, x: Tensor, res: Tensor, batch: int, drop_prob: float) -> bool:
-    """Skip mode where it is asked for (or pays, for "auto") and legal: it
-    reads the mask on the host and branches on it, which only plain eager
-    execution allows (_tracing.why_not_plain_eager), with the gather/scatter
-    kernels of the CPU and CUDA."""
-    if skip_dropped is False or not _tracing.plain_eager(x, res):
-        return False
-    if x.device.type not in ("cpu", "cuda"):
-        return False
-    return skip_dropped is True or skip_pays(batch, drop_prob, x.device.type)
+def _skip_mode(
+    skip_dropped: SkipDropped, x: Tensor, res: Tensor, batch: int, drop_prob: float,
+    generator: Optional[torch.Generator],
+) -> Optional[str]:
+    """"eager" or "compiled" skip mode where it is asked for (or pays, for
+    "auto") and legal (_tracing.skip_mode), with the gather/scatter kernels
+    of the CPU and CUDA; None for the masked form."""
+    if skip_dropped is False or x.device.type not in ("cpu", "cuda"):
+        return None
+    mode = _tracing.skip_mode(x, res)
+    if mode == "compiled" and generator is not None:
+        return None  # an explicit generator is drawn from in eager mode only
+    if mode is None or (skip_dropped == "auto" and not skip_pays(batch, drop_prob, x.device.type)):
+        return None
+    return mode
 
 
 def drop_path_residual(
@@ -129,8 +136,11 @@ def drop_path_residual(
         skip_dropped: ``"auto"`` (default) skips where :func:`skip_pays` says
             it is faster, ``True`` always skips, ``False`` computes the branch
             on the whole batch and applies the mask with the fused op (the
-            "masked" form). Under ``torch.compile`` and torch.func transforms
-            the masked form is always used (the kept count is data-dependent).
+            "masked" form). Under ``torch.compile`` skip mode is compiled
+            too (one graph for any kept count). Where reading the mask is not
+            legal -- ``torch.jit.trace``, FX, torch.func transforms, fake or
+            meta tensors, tensor subclasses, CUDA graph capture,
+            ``torch.export`` -- the masked form is used.
         cu_seqlens: not supported here (packed samples cannot be gathered
             without knowing the branch); raises ValueError if given.
 
@@ -158,7 +168,8 @@ def drop_path_residual(
         )
     if not training or drop_prob == 0.0:
         return res + branch_fn(x)
-    if symbolic or not _use_skip(skip_dropped, x, res, x.shape[dim], drop_prob):
+    mode = None if symbolic else _skip_mode(skip_dropped, x, res, x.shape[dim], drop_prob, generator)
+    if mode is None:
         # The masked form: the fused op promotes dtypes as `res + drop_path(branch)` does.
         branch = branch_fn(x)
         if not symbolic:
@@ -166,6 +177,8 @@ def drop_path_residual(
         return functional.drop_path_add(
             res, branch, drop_prob, training, scale_by_keep, batch_dim=dim, generator=generator
         )
+    if mode == "compiled":
+        return _skip_compiled(x, res, branch_fn, dim, drop_prob, scale_by_keep)
     return _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator)
 
 
@@ -173,21 +186,14 @@ def _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor
     backend = functional._backend
     batch = x.shape[dim]
     factors, host_factors = _draw(x, dim, drop_prob, scale_by_keep, generator)
-    computed = host_factors != 0
-    kept = int(computed.sum())
-    granule = branch_batch_granule(batch, x.device.type)
-    rows_computed = min(batch, -(-kept // granule) * granule)
-    if rows_computed > kept:  # pad with the first dropped samples: computed, then discarded
-        padding = (~computed).nonzero().squeeze(1)[: rows_computed - kept]
-        computed[padding] = True
+    rows, index, kept, rows_computed = _skip_rows.host_row_maps(
+        host_factors, branch_batch_granule(batch, x.device.type))
     if factors is None:
-        factors = _to_device(host_factors, x.device)
+        factors = _skip_rows.to_device(host_factors, x.device)
     if rows_computed == batch:
         res, branch = _aligned(res, branch_fn(x), dim, batch)
         return backend.add_rows(res, branch, factors, dim)
-    index = computed.nonzero().squeeze(1)
-    rows = torch.where(computed, computed.cumsum(0) - 1, -1)  # branch row of each sample
-    maps = _to_device(torch.cat([rows, index]), x.device)
+    maps = _skip_rows.to_device(torch.cat([rows, index]), x.device)
     rows, index = maps[:batch], maps[batch:]
     branch_input = backend.take_rows(x, index, rows, None, dim)
     res, branch = _aligned(res, branch_fn(branch_input), dim, rows_computed)
@@ -195,6 +201,20 @@ def _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor
         # Every sample dropped: the branch ran on zero samples so its
         # parameters get (zero) gradients; the result is the residual.
         return res + branch.sum() * 0
+    return backend.add_taken_rows(res, branch, factors, rows, index, dim)
+
+
+def _skip_compiled(x, res, branch_fn, dim, drop_prob, scale_by_keep) -> Tensor:
+    """Skip mode as torch.compile traces it: one graph for any kept count (the
+    count of rows is an unbacked size, _skip_rows), no shortcut for the
+    all-kept and all-dropped draws (the gather/scatter handle both)."""
+    backend = functional._backend
+    batch = x.shape[dim]
+    _, host_factors = _draw(x, dim, drop_prob, scale_by_keep, None)
+    factors, rows, index = torch.ops.droppath_ext._row_maps(
+        host_factors, branch_batch_granule(batch, x.device.type), x.device)
+    branch_input = backend.take_rows(x, index, rows, None, dim)
+    res, branch = _aligned(res, branch_fn(branch_input), dim, index.shape[0])
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
 
 
@@ -207,12 +227,6 @@ def _draw(x, dim, drop_prob, scale_by_keep, generator) -> tuple[Optional[Tensor]
     # A zero-stride stand-in: the host draw needs the sample count and dtype only.
     stand_in = torch.empty((), dtype=x.dtype).expand(x.shape[dim])
     return None, backend.sample_factors(stand_in, drop_prob, scale_by_keep, 0, None, None)
-
-
-def _to_device(host: Tensor, device: torch.device) -> Tensor:
-    if device.type == "cpu":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _check_branch_shape(res: Tensor, branch: Tensor, dim: int, samples: int) -> None:

@@ -209,8 +209,9 @@ def test_unknown_blocks_are_reported_and_left_alone(caplog):
     with caplog.at_level("INFO", logger="droppath_ext"):
         _, report = convert_model(model, fuse_residual=True, return_report=True)
     assert report.unfused == ["0"]
+    assert report.reasons["0"] == "Custom is not a block this package has a fused form of"
     assert isinstance(model[0].drop, dp.DropPath)
-    assert "left unfused" in caplog.text
+    assert "left '0' as it is: Custom is not a block" in caplog.text
 
 
 def test_batchnorm_branch_is_not_fused():
@@ -218,6 +219,7 @@ def test_batchnorm_branch_is_not_fused():
     block.block.append(torch.nn.BatchNorm2d(96))
     _, report = convert_model(torch.nn.Sequential(block), fuse_residual=True, return_report=True)
     assert report.unfused == ["0"] and not report.fused
+    assert "BatchNorm" in report.reasons["0"]
 
 
 def test_converting_twice_keeps_blocks_fused_and_updates_the_policy():

@@ -49,4 +49,5 @@ def test_train_step_benchmark_writes_every_eager_variant(train_step, tmp_path, c
 def test_train_step_benchmark_writes_every_compiled_variant(train_step, tmp_path):
     data = _run(train_step, tmp_path, "--compile-only")
     assert set(data) == {"compile/0.4"}
-    assert set(data["compile/0.4"]) == {"stock", "default", "dinov2"}
+    assert set(data["compile/0.4"]) == {"stock", "default", "skip", "masked", "dinov2"}
+    assert all(variant["graphs"] == 1 for variant in data["compile/0.4"].values())  # no recompile, no break

@@ -87,7 +87,7 @@ at::Tensor add_taken_rows_cpu(const at::Tensor& residual, const at::Tensor& bran
                               const at::Tensor& inverse_rows, int64_t batch_dim) {
   const int64_t dim =
       check_add_taken_rows_args(residual, branch, factors, rows, inverse_rows, batch_dim);
-  const at::MemoryFormat format = shared_memory_format(residual, branch);
+  const at::MemoryFormat format = own_memory_format(residual);
   const at::Tensor res = in_memory_format(residual, format);
   const at::Tensor br = in_memory_format(branch, format);
   at::Tensor out = empty_with_rows(res, dim, res.sym_size(dim), format);

@@ -59,6 +59,10 @@ def worker(rank, port, out_dir):
                 torch.testing.assert_close(got, want, rtol=0, atol=0, msg=f"{placement_text} {name} {seed}")
                 torch.testing.assert_close(leaf.grad.full_tensor(), plain_leaf.grad, rtol=0, atol=0)
                 seen[f"{placement_text} {name} {seed}"] = got
+                # Ranks seeded differently (as data-parallel scripts do): still one
+                # mask for the mesh, rank 0's draw (CPU meshes: broadcast).
+                torch.manual_seed(100 * rank + seed)
+                seen[f"per-rank seeds: {placement_text} {name} {seed}"] = call(dx).full_tensor()
     torch.save(seen, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
