@@ -1,7 +1,8 @@
 """The deterministic ops as standard pointwise ops, for the compilers and exporters.
 
 ``_scale_rows`` / ``_add_rows`` become the ``where(f != 0, x * f, 0)`` form of
-``_reference`` (same factors, exact zeros for dropped samples):
+``_reference`` (same factors, exact zeros for dropped samples), and skip
+mode's ``_take_rows`` / ``_add_taken_rows`` its gather and gathered add:
 
 - under ``torch.compile`` (Inductor), which fuses them with the ops around
   them (layer scale, bias, the residual add) instead of calling our kernels as
@@ -46,6 +47,18 @@ def _add_rows(
     return _reference._add(residual, branch, factors, batch_dim % branch.dim(), cu_seqlens)
 
 
+def _take_rows(
+    x: Tensor, rows: Tensor, inverse_rows: Tensor, factors: Optional[Tensor] = None, batch_dim: int = 0
+) -> Tensor:
+    return _reference._take(x, rows, factors, batch_dim % x.dim())
+
+
+def _add_taken_rows(
+    residual: Tensor, branch: Tensor, factors: Tensor, rows: Tensor, inverse_rows: Tensor, batch_dim: int = 0
+) -> Tensor:
+    return _reference._add_taken(residual, branch, factors, rows, batch_dim % residual.dim())
+
+
 def _register(table_module) -> None:
     table = getattr(table_module, "decompositions", None)
     if not isinstance(table, dict):  # Inductor's internals moved: stay correct, unfused
@@ -55,6 +68,9 @@ def _register(table_module) -> None:
     decompositions = {
         torch.ops.droppath._scale_rows.default: _scale_rows,
         torch.ops.droppath._add_rows.default: _add_rows,
+        # skip mode's gather and scatter-add (only ever compiled with at least one row)
+        torch.ops.droppath._take_rows.default: _take_rows,
+        torch.ops.droppath._add_taken_rows.default: _add_taken_rows,
     }
     table.update(decompositions)
     # The table Inductor compiles with is built (and cached) from the one

@@ -116,6 +116,31 @@ class _FusedDinov2Layer:
                                   skip_dropped=False if _watched(self.mlp) else self.droppath_skip)
 
 
+class _FusedDinov3ViTLayer:
+    """DINOv3ViTLayer's forward (also EomtDinov3Layer's, Sapiens2Layer's): as
+    Dinov2Layer's, with rotary position embeddings for the attention (tables
+    the same for every sample; with a batch dimension, the masked form runs)."""
+
+    def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None,
+                position_embeddings=None, **kwargs) -> Tensor:
+        p = _drop_prob(self.drop_path)
+        shared_tables = position_embeddings is None or all(t.dim() <= 2 for t in position_embeddings)
+        attention_skip = self.droppath_skip if attention_mask is None and shared_tables and not kwargs and \
+            not _watched(self.attention) else False
+
+        def attention(x: Tensor) -> Tensor:
+            x, _ = self.attention(self.norm1(x), attention_mask=attention_mask,
+                                  position_embeddings=position_embeddings, **kwargs)
+            return self.layer_scale1(x)
+
+        def mlp(x: Tensor) -> Tensor:
+            return self.layer_scale2(self.mlp(self.norm2(x)))
+
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.training,
+                                  skip_dropped=False if _watched(self.mlp) else self.droppath_skip)
+
+
 class _FusedConvNextLayer:
     """ConvNextLayer: ``residual + drop_path(layer_scale * mlp(norm(dwconv(x))))``."""
 
@@ -251,6 +276,7 @@ class _FusedSwinLayer:
 # forward fingerprint (transformers 5.24) -> the mixin written against that forward
 MIXINS: Dict[str, type] = {
     "22d10c945ea1d7ba": _FusedDinov2Layer,
+    "b54ce2a7a32a42e8": _FusedDinov3ViTLayer,
     "8ce543689ae05514": _FusedConvNextLayer,
     "8b3b7a4e2a71975e": _FusedConvNextV2Layer,
     "77af6484c1bda3f9": _FusedBeitLayer,

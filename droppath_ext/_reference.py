@@ -194,15 +194,22 @@ def take_rows(
     count = x.shape[dim]
     _check_rows(rows, "rows", -1)
     _check_rows(inverse_rows, "inverse_rows", count)
-    valid = (rows >= 0) & (rows < count)
+    if factors is not None:
+        _check_factors(factors, count)
     if count == 0:
         shape: List[int] = list(x.shape)
         shape[dim] = rows.shape[0]
         return torch.zeros(shape, dtype=x.dtype, device=x.device)
+    return _take(x, rows, factors, dim)
+
+
+def _take(x: Tensor, rows: Tensor, factors: Optional[Tensor], dim: int) -> Tensor:
+    """take_rows' arithmetic, unchecked (also Inductor's form of the op);
+    ``x`` has at least one row."""
+    valid = (rows >= 0) & (rows < x.shape[dim])
     safe = torch.where(valid, rows, torch.zeros_like(rows))
     scale = valid.to(_math_dtype(x))
     if factors is not None:
-        _check_factors(factors, count)
         scale = scale * factors.to(scale.dtype).index_select(0, safe)
     return _scale(x.index_select(dim, safe), scale, dim, None)
 
@@ -223,24 +230,23 @@ def add_taken_rows(
     _check_factors(factors, residual.shape[dim])
     _check_rows(rows, "rows", residual.shape[dim])
     _check_rows(inverse_rows, "inverse_rows", count)
-    valid = (rows >= 0) & (rows < count)
-    f = torch.where(valid, factors.to(_math_dtype(residual)), torch.zeros((), device=factors.device))
-    if _traced_size(count):
-        # A data-dependent count (skip mode under torch.compile), possibly 0:
-        # no branch on it; the rows not computed read an appended zero row.
-        shape: List[int] = list(branch.shape)
-        shape[dim] = 1
-        branch = torch.cat([branch, branch.new_zeros(shape)], dim)
-        return _add(residual, branch.index_select(dim, torch.where(valid, rows, count)), f, dim, None)
-    if count == 0:
+    # Under torch.compile the count is data-dependent (skip mode's rows) and
+    # must not be branched on; skip mode computes at least one row there.
+    if not _compiling() and count == 0:
         return residual.clone()
+    return _add_taken(residual, branch, factors, rows, dim)
+
+
+def _add_taken(residual: Tensor, branch: Tensor, factors: Tensor, rows: Tensor, dim: int) -> Tensor:
+    """add_taken_rows' arithmetic, unchecked (also Inductor's form of the op);
+    ``branch`` has at least one row."""
+    valid = (rows >= 0) & (rows < branch.shape[dim])
+    f = torch.where(valid, factors.to(_math_dtype(residual)), torch.zeros((), device=factors.device))
     gathered = branch.index_select(dim, torch.where(valid, rows, torch.zeros_like(rows)))
     return _add(residual, gathered, f, dim, None)
 
 
-def _traced_size(size: int) -> bool:
-    """Under torch.compile, where a size may be data-dependent (skip mode's
-    count of rows) and must not be branched on."""
+def _compiling() -> bool:
     if torch.jit.is_scripting():
         return False
     else:

@@ -6,9 +6,12 @@ and all-kept shortcuts); the offsets check reads ``cu_seqlens``. That is legal
 only in plain eager execution on real, plain tensors. Everywhere else the
 value read is either impossible (FX proxies, fake and meta tensors) or is
 frozen into whatever is being recorded (``torch.jit.trace``, ``make_fx``,
-``torch.export``, CUDA graph capture, dynamo), so that later runs silently
-replay one draw. There the masked form runs instead: the same result for the
-same mask, with no data-dependent control flow.
+``torch.export``, CUDA graph capture), so that later runs silently replay one
+draw. There the masked form runs instead: the same result for the same mask,
+with no data-dependent control flow. ``torch.compile`` is the one tracer skip
+mode has a form for (``skip_mode`` returns "compiled"): the count of rows
+becomes a data-dependent size of the graph (``_skip_rows``), so nothing is
+frozen.
 """
 
 from __future__ import annotations

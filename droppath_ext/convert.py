@@ -7,8 +7,9 @@ transformers ``XxxDropPath`` whose class passes a behaviour check
 (``_transformers.py``). Fused (``fuse_residual=True``): timm's ViT ``Block``
 and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's ``CNBlock``
 (``_fused_torchvision.py``), and transformers layers whose forward is one a
-fused form was written for (Dinov2 and the layers sharing its forward,
-ConvNext, ConvNextV2, Beit, Data2VecVision, Swin: ``_fused_transformers.py``).
+fused form was written for (Dinov2, DINOv3 ViT and the layers sharing their
+forwards, ConvNext, ConvNextV2, Beit, Data2VecVision, Swin:
+``_fused_transformers.py``).
 
 A fused block is the same object with a new class: a subclass of its own
 class whose ``forward`` comes from a mixin and computes ``x + drop_path(branch(x))``
@@ -160,8 +161,8 @@ def convert_model(
         model: any module; converted in place and returned.
         fuse_residual: also rewrite the residual blocks this function knows
             (timm ViT ``Block`` and ``ConvNeXtBlock``, torchvision ``CNBlock``,
-            transformers Dinov2/ConvNext/ConvNextV2/Beit/Data2VecVision/Swin
-            layers) to use the fused residual op and, in training, run each
+            transformers Dinov2/DINOv3-ViT/ConvNext/ConvNextV2/Beit/
+            Data2VecVision/Swin layers) to use the fused residual op and, in training, run each
             branch on kept samples only. Blocks whose branch mixes samples
             (BatchNorm) and unknown blocks are left as they are, logged, and
             listed in the report with the reason.

@@ -186,7 +186,7 @@ def _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor
     backend = functional._backend
     batch = x.shape[dim]
     factors, host_factors = _draw(x, dim, drop_prob, scale_by_keep, generator)
-    rows, index, kept, rows_computed = _skip_rows.host_row_maps(
+    rows, index, _, rows_computed = _skip_rows.host_row_maps(
         host_factors, branch_batch_granule(batch, x.device.type))
     if factors is None:
         factors = _skip_rows.to_device(host_factors, x.device)

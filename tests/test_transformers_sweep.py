@@ -26,10 +26,10 @@ from conftest import import_or_skip
 transformers = import_or_skip("transformers")
 from transformers_families import FAMILIES, build, drop_path_modules, loss_of, main_output  # noqa: E402
 
-DEFAULT = {"dinov2", "convnext", "convnextv2", "swin", "beit", "data2vec"}
+DEFAULT = {"dinov2", "dinov3_vit", "convnext", "convnextv2", "swin", "beit", "data2vec"}
 # family -> the number of its layers convert_model fuses (one fused form each)
 FUSED = {"beit": 1, "convnext": 2, "convnextv2": 2, "data2vec": 1, "dinov2": 2, "dinov2_with_registers": 2,
-         "eomt": 2, "radio": 2, "swin": 3, "tipsv2": 2}
+         "dinov3_vit": 2, "eomt": 2, "eomt_dinov3": 2, "radio": 2, "sapiens2": 2, "swin": 3, "tipsv2": 2}
 FAMILY_PARAMS = [f if f in DEFAULT else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)]
 
 
@@ -184,7 +184,7 @@ def test_trainer_style_training_and_save_pretrained_round_trip(family, tmp_path)
         assert torch.equal(main_output(loaded(**inputs)), main_output(converted(**inputs)))
 
 
-@pytest.mark.parametrize("family", ["dinov2", "convnext", "swin", "beit"])
+@pytest.mark.parametrize("family", ["dinov2", "dinov3_vit", "convnext", "swin", "beit"])
 def test_fused_families_compile_in_one_graph(family):
     """torch.compile(fullgraph=True) of a fused model in training: no graph
     break, skip mode compiled in, the eager result for the same seed."""
@@ -196,3 +196,20 @@ def test_fused_families_compile_in_one_graph(family):
     for seed in (1, 2):
         got = loss_of(compiled, inputs, seed)
         torch.testing.assert_close(got, loss_of(fused, inputs, seed), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_replacement_draws_the_stock_rate_in_every_dtype(dtype):
+    """The fidelity rule's distribution half: a converted module keeps each
+    sample with probability 1 - p in every dtype (transformers' own draw,
+    floor(keep + rand) rounded in bfloat16, keeps 230/256 at p = 0.1)."""
+    stock, _ = build("dinov2", drop_path_rate=0.1)
+    module = dp.convert_model(stock).encoder.layer[1].drop_path.train()
+    assert isinstance(module, dp.DropPath) and module.drop_prob == pytest.approx(0.1)
+    n = 400_000
+    kept = (module(torch.ones(n, 1, dtype=dtype)) != 0).double().mean().item()
+    assert abs(kept - (1 - module.drop_prob)) < 6 * (0.09 / n) ** 0.5
+    torch.manual_seed(0)
+    n = 4_000_000  # (enough draws to tell 0.9 from 230/256 at 6 sigma)
+    stock_kept = torch.floor(torch.rand(n, dtype=torch.bfloat16) + 0.9).double().mean().item()
+    assert abs(stock_kept - 230 / 256) < 6 * (0.09 / n) ** 0.5 < abs(0.9 - 230 / 256)
