@@ -142,7 +142,9 @@ class _FusedDinov3ViTLayer:
 
 
 class _FusedConvNextLayer:
-    """ConvNextLayer: ``residual + drop_path(layer_scale * mlp(norm(dwconv(x))))``."""
+    """ConvNextLayer and ConvNextV2Layer: ``residual + drop_path(branch)``, the
+    branch a depthwise conv and an MLP, with layer scale (v1) or GRN, a
+    per-sample normalisation (v2)."""
 
     def forward(self, features: Tensor) -> Tensor:
         return drop_path_residual(features, self._droppath_branch, _drop_prob(self.drop_path), self.training,
@@ -154,27 +156,13 @@ class _FusedConvNextLayer:
         features = self.layernorm(features)
         features = self.pwconv1(features)
         features = self.act(features)
+        grn = getattr(self, "grn", None)
+        if grn is not None:
+            features = grn(features)
         features = self.pwconv2(features)
-        if self.layer_scale_parameter is not None:
-            features = self.layer_scale_parameter * features
-        return features.permute(0, 3, 1, 2)
-
-
-class _FusedConvNextV2Layer:
-    """ConvNextV2Layer: as ConvNextLayer, with GRN (per sample) and no layer scale."""
-
-    def forward(self, features: Tensor) -> Tensor:
-        return drop_path_residual(features, self._droppath_branch, _drop_prob(self.drop_path), self.training,
-                                  skip_dropped=self.droppath_skip)
-
-    def _droppath_branch(self, features: Tensor) -> Tensor:
-        features = self.dwconv(features)
-        features = features.permute(0, 2, 3, 1)
-        features = self.layernorm(features)
-        features = self.pwconv1(features)
-        features = self.act(features)
-        features = self.grn(features)
-        features = self.pwconv2(features)
+        scale = getattr(self, "layer_scale_parameter", None)
+        if scale is not None:
+            features = scale * features
         return features.permute(0, 3, 1, 2)
 
 
@@ -278,7 +266,7 @@ MIXINS: Dict[str, type] = {
     "22d10c945ea1d7ba": _FusedDinov2Layer,
     "b54ce2a7a32a42e8": _FusedDinov3ViTLayer,
     "8ce543689ae05514": _FusedConvNextLayer,
-    "8b3b7a4e2a71975e": _FusedConvNextV2Layer,
+    "8b3b7a4e2a71975e": _FusedConvNextLayer,
     "77af6484c1bda3f9": _FusedBeitLayer,
     "a6b090e26baa4c8a": _FusedData2VecVisionLayer,
     "50df26d13ce47f58": _FusedSwinLayer,

@@ -60,7 +60,7 @@ def _step(module, x, seed):
     return out.detach(), x.grad, {n: p.grad.clone() for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compiled_skip_equals_compiled_masked_for_the_same_seed(backend, compile_backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -78,6 +78,35 @@ def test_compiled_skip_equals_compiled_masked_for_the_same_seed(backend, compile
                 torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-4, atol=1e-6, msg=name)
             skip.zero_grad()
             masked.zero_grad()
+
+
+def test_inductor_compiles_the_gather_and_scatter_into_its_kernels():
+    """Under Inductor skip mode's _take_rows / _add_taken_rows are decomposed
+    (fused with the ops around them), forward and backward; the result is the
+    eager one for the same seed."""
+    if not dp.backend().startswith("cpu"):
+        pytest.skip("the decomposition is of the compiled ops")
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    block = _Block(drop_prob=0.5).train()
+    compiled = torch.compile(block, fullgraph=True)
+    x = torch.randn(32, 16, requires_grad=True)
+
+    def step():
+        torch.manual_seed(4)
+        out = compiled(x)
+        out.sum().backward()
+        return out
+
+    with torch._inductor.config.patch(fx_graph_cache=False, fx_graph_remote_cache=False, fallback_random=True), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        out, code = run_and_get_code(step)
+    text = "\n".join(code)
+    assert "droppath_ext._row_maps" in text  # skip mode was compiled
+    assert "droppath._take_rows" not in text and "droppath._add_taken_rows" not in text
+    torch.manual_seed(4)
+    torch.testing.assert_close(out, block(x), rtol=1e-5, atol=1e-6)
 
 
 def test_the_compiled_graph_skips_and_never_recompiles_as_the_count_changes(backend):

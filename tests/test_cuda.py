@@ -18,6 +18,20 @@ pytestmark = [
 ]
 
 
+def _captured(step):
+    """``step`` warmed up on a side stream, then captured: (graph, its output)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    return graph, static_out
+
+
 def _fraction_ok(kept, p):
     n = kept.numel()
     return abs((1 - kept.float().mean().item()) - p) < 6 * math.sqrt(p * (1 - p) / n)
@@ -31,15 +45,7 @@ def test_cuda_graph_replay_draws_fresh_masks(fused):
     def step():
         return dp.drop_path_add(r, x, 0.5, True) - r if fused else dp.drop_path(x, 0.5, True)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    graph, static_out = _captured(step)
     masks = []
     for _ in range(6):
         graph.replay()
@@ -68,15 +74,7 @@ def test_skip_mode_steps_aside_while_a_cuda_graph_is_captured():
 
     step()
     assert seen[-1] < 256  # eager: skip mode
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step()
+    graph, static_out = _captured(step)
     assert seen[-1] == 256  # captured: the masked form
     masks = []
     for _ in range(6):
@@ -215,3 +213,23 @@ def test_row_gathering_ops_on_odd_layouts(dtype):
     expected = x.float()
     expected[index] += x[index].float() * 2
     assert torch.equal(out, expected.to(dtype))
+
+
+@pytest.mark.parametrize("mode", [None, "reduce-overhead"])
+def test_compiled_skip_mode_on_cuda(mode):
+    """One graph for every kept count; under reduce-overhead, CUDA graphs step
+    aside for the data-dependent op (tagged cudagraph_unsafe) and training runs."""
+    torch._dynamo.reset()
+    block = torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.Linear(16, 16)).cuda()
+
+    def step(x):
+        return dp.drop_path_residual(x, block, 0.5, True, skip_dropped=True)
+
+    compiled = torch.compile(step, mode=mode)
+    x = torch.randn(64, 16, device="cuda", requires_grad=True)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = compiled(x)
+        out.sum().backward()
+        torch.manual_seed(seed)
+        torch.testing.assert_close(out, step(x), rtol=1e-5, atol=1e-5)

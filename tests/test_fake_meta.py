@@ -7,6 +7,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import droppath_ext as dp
+import small_models
 from conftest import import_or_skip
 
 timm = import_or_skip("timm")
@@ -14,20 +15,7 @@ torchvision = import_or_skip("torchvision")
 
 
 def _models():
-    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
-
-    return {
-        "timm_vit": lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, drop_path_rate=0.5,
-                                              img_size=32, patch_size=8, depth=4, num_classes=10),
-        "timm_convnext": lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.5,
-                                                   num_classes=10),
-        "timm_convnextv2": lambda: timm.create_model("convnextv2_atto", pretrained=False, drop_path_rate=0.5,
-                                                     num_classes=10),
-        "torchvision_convnext": lambda: ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)],
-                                                 stochastic_depth_prob=0.5, num_classes=10),
-        "torchvision_efficientnet": lambda: torchvision.models.efficientnet_b0(stochastic_depth_prob=0.5,
-                                                                                num_classes=10),
-    }
+    return small_models.models(drop_path_rate=0.5)
 
 
 @pytest.mark.parametrize("skip_dropped", [True, "auto", False])

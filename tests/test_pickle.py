@@ -11,29 +11,22 @@ import pytest
 import torch
 
 import droppath_ext as dp
+import small_models
 from conftest import import_or_skip, subprocess_env
 
 timm = import_or_skip("timm")
 torchvision = import_or_skip("torchvision")
 
 
-def _models():
-    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+FUSED_MODELS = ["timm_vit", "timm_convnext", "timm_convnextv2", "torchvision_convnext"]
 
-    return {
-        "timm_vit": lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, drop_path_rate=0.3,
-                                              img_size=32, patch_size=8, depth=4, num_classes=10),
-        "timm_convnext": lambda: timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.3,
-                                                   num_classes=10),
-        "timm_convnextv2": lambda: timm.create_model("convnextv2_atto", pretrained=False, drop_path_rate=0.3,
-                                                     num_classes=10),
-        "torchvision_convnext": lambda: ConvNeXt([CNBlockConfig(16, 32, 2), CNBlockConfig(32, None, 2)],
-                                                 stochastic_depth_prob=0.3, num_classes=10),
-    }
+
+def _models():
+    return small_models.models()
 
 
 @pytest.mark.parametrize("name", [n if n in ("timm_vit", "torchvision_convnext") else
-                                  pytest.param(n, marks=pytest.mark.slow) for n in _models()])
+                                  pytest.param(n, marks=pytest.mark.slow) for n in FUSED_MODELS])
 def test_torch_save_of_a_fused_model_loads_in_a_fresh_process(name, tmp_path):
     torch.manual_seed(0)
     model, report = dp.convert_model(_models()[name](), fuse_residual=True, skip_dropped=False,
@@ -64,7 +57,7 @@ def test_torch_save_of_a_fused_model_loads_in_a_fresh_process(name, tmp_path):
     assert "ok" in result.stdout
 
 
-@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("name", FUSED_MODELS)
 def test_deepcopy_and_pickle_keep_fused_blocks_working(name):
     torch.manual_seed(0)
     model = dp.convert_model(_models()[name](), fuse_residual=True).train()

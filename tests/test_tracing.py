@@ -9,7 +9,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import droppath_ext as dp
-from droppath_ext import _tracing, residual
+from droppath_ext import _tracing
 from droppath_ext.residual import drop_path_residual
 
 
@@ -188,9 +188,9 @@ def test_replay_generators_rejects_what_is_not_a_generator():
 
 
 def test_residual_uses_the_predicate(monkeypatch):
-    """drop_path_residual asks the one predicate (no tracer test of its own)."""
-    calls = []
-    real = _tracing.plain_eager
-    monkeypatch.setattr(_tracing, "plain_eager", lambda *t: calls.append(len(t)) or real(*t))
-    residual.drop_path_residual(torch.randn(8, 3), lambda t: t, 0.5, True)
-    assert calls
+    """drop_path_residual asks the one predicate (no tracer test of its own):
+    told "no skip mode here", it runs the masked form."""
+    block = _Residual().train()
+    monkeypatch.setattr(_tracing, "skip_mode", lambda *tensors: None)
+    block(torch.randn(64, 3))
+    assert block.seen[-1] == 64

@@ -184,7 +184,8 @@ def test_trainer_style_training_and_save_pretrained_round_trip(family, tmp_path)
         assert torch.equal(main_output(loaded(**inputs)), main_output(converted(**inputs)))
 
 
-@pytest.mark.parametrize("family", ["dinov2", "dinov3_vit", "convnext", "swin", "beit"])
+@pytest.mark.parametrize("family", ["dinov2", "swin"] + [pytest.param(f, marks=pytest.mark.slow)
+                                                         for f in ("dinov3_vit", "convnext", "beit")])
 def test_fused_families_compile_in_one_graph(family):
     """torch.compile(fullgraph=True) of a fused model in training: no graph
     break, skip mode compiled in, the eager result for the same seed."""
