@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 from typing import Callable
 
@@ -29,10 +30,21 @@ class _RunAfterImport(importlib.abc.MetaPathFinder):
 
             def exec_module(module: ModuleType) -> None:
                 execute(module)
-                self.callback(module)
+                _run(self.callback, module)
 
             spec.loader.exec_module = exec_module
         return spec
+
+
+def _run(callback: Callable[[ModuleType], None], module: ModuleType) -> None:
+    """A registration that fails (a torch whose internals moved) warns: it must
+    never make the user's import of ``module`` fail."""
+    try:
+        callback(module)
+    except Exception as error:  # noqa: BLE001 - any failure: warn, and stay correct unregistered
+        warnings.warn(f"droppath_ext: could not register with {module.__name__} "
+                      f"({type(error).__name__}: {error}); droppath ops stay as they are there",
+                      RuntimeWarning)
 
 
 def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
@@ -40,6 +52,6 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
     its import (once)."""
     module = sys.modules.get(name)
     if module is not None:
-        callback(module)
+        _run(callback, module)
     elif not any(isinstance(f, _RunAfterImport) and f.name == name for f in sys.meta_path):
         sys.meta_path.insert(0, _RunAfterImport(name, callback))

@@ -146,22 +146,26 @@ def _install_test_dependencies(torch_version: str, cuda: str | None) -> None:
     requirements = os.path.join(ROOT, "requirements-test.txt")
     torchvision = _torchvision_requirement(torch_version)
     _say(f"test dependencies ({os.path.relpath(requirements, ROOT)}, and {torchvision} for torch {torch_version})")
-    _pip("install", "-r", requirements, "numpy", "pillow", pin)
+    _pip("install", "--quiet", "-r", requirements, "numpy", "pillow", pin)
     # torchvision must be the one built for this torch (an unpinned one can
     # replace torch); a CPU build of torch needs a CPU build of torchvision,
     # from PyTorch's own index (PyPI's is built against the CUDA torch and
     # fails to import there). timm needs torchvision, so it comes after it.
     if cuda is None:
-        installed = _pip("install", "--no-deps", "--index-url", PYTORCH_CPU_INDEX, torchvision, check=False)
+        installed = _pip("install", "--no-deps", "--retries", "1", "--timeout", "20", "--index-url",
+                         PYTORCH_CPU_INDEX, torchvision, check=False)
         source = PYTORCH_CPU_INDEX
     else:
         installed = _pip("install", torchvision, pin, check=False)
         source = "the package index"
     if installed and _python_out("import torchvision").returncode == 0:
-        _pip("install", "timm>=1.0", pin, torchvision)
-    else:
-        _say(f"{torchvision} could not be installed from {source}: the tests that need timm or "
-             "torchvision will be skipped (the test summary lists them)")
+        _pip("install", "--quiet", "timm>=1.0", pin, torchvision)
+        return
+    if installed:  # a torchvision for another torch build came: it would break transformers' imports too
+        _say(f"the torchvision pip found ({source} or a mirror) does not import with this torch: removing it")
+        _pip("uninstall", "--yes", "--quiet", "torchvision")
+    _say(f"{torchvision} could not be installed from {source}: the tests that need timm or "
+         "torchvision will be skipped (the test summary lists them)")
 
 
 def _installed_and_compiled() -> bool:

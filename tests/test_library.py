@@ -254,3 +254,27 @@ def test_info_fails_on_an_unrequested_fallback_and_passes_a_requested_one(tmp_pa
     result = _run_in(folder, "", "-m", "droppath_ext.info", DROPPATH_EXT_FORCE_PYTHON="1")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("PASS")
+
+
+def test_a_failing_registration_never_breaks_the_users_import(tmp_path):
+    """Registrations wait for the module they register with (Inductor's table,
+    DTensor); one that fails (a torch whose internals moved) warns, and the
+    user's import of that module still works."""
+    result = _run(
+        """
+        import warnings
+        from droppath_ext._on_import import when_imported
+        def fails(module):
+            raise RuntimeError("internals moved")
+        when_imported("colorsys", fails)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import colorsys
+        assert colorsys.rgb_to_hsv(1, 0, 0)[0] == 0
+        assert any("could not register with colorsys" in str(w.message) for w in caught), caught
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout

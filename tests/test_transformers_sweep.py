@@ -24,6 +24,9 @@ from droppath_ext import functional, residual
 from conftest import import_or_skip
 
 transformers = import_or_skip("transformers")
+# (a model module, not just the package: transformers imports lazily, and a
+# broken companion install -- a torchvision for another torch -- fails there)
+import_or_skip("transformers.models.dinov2.modeling_dinov2")
 from transformers_families import FAMILIES, build, drop_path_modules, loss_of, main_output  # noqa: E402
 
 DEFAULT = {"dinov2", "dinov3_vit", "convnext", "convnextv2", "swin", "beit", "data2vec"}
