@@ -51,6 +51,21 @@ def _pip(*args: str, check: bool = True) -> bool:
     return result.returncode == 0
 
 
+def _pip_optional(*args: str) -> bool:
+    """pip for what the tests can do without: its output is shown only when
+    it succeeds; a failure is summed up in one line (pip's own red ERROR lines
+    would read as a failed install, which this is not)."""
+    result = _run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if result.returncode == 0:
+        print(result.stdout, end="", flush=True)
+        return True
+    reasons = [line[len("ERROR:"):].strip() for line in (result.stdout + result.stderr).splitlines()
+               if line.startswith("ERROR:")]
+    named = [reason for reason in reasons if reason.startswith("No matching distribution")]
+    _say("pip could not: " + ((named or reasons)[0][:200] if reasons else f"exit {result.returncode}"))
+    return False
+
+
 def _python_out(code: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Runs ``code`` in a fresh interpreter (outside the checkout by default,
     so the source folder droppath_ext/ does not shadow the installed package)."""
@@ -152,11 +167,11 @@ def _install_test_dependencies(torch_version: str, cuda: str | None) -> None:
     # from PyTorch's own index (PyPI's is built against the CUDA torch and
     # fails to import there). timm needs torchvision, so it comes after it.
     if cuda is None:
-        installed = _pip("install", "--no-deps", "--retries", "1", "--timeout", "20", "--index-url",
-                         PYTORCH_CPU_INDEX, torchvision, check=False)
+        installed = _pip_optional("install", "--no-deps", "--retries", "1", "--timeout", "20", "--index-url",
+                                  PYTORCH_CPU_INDEX, torchvision)
         source = PYTORCH_CPU_INDEX
     else:
-        installed = _pip("install", torchvision, pin, check=False)
+        installed = _pip_optional("install", torchvision, pin)
         source = "the package index"
     if installed and _python_out("import torchvision").returncode == 0:
         _pip("install", "--quiet", "timm>=1.0", pin, torchvision)
