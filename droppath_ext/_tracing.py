@@ -81,6 +81,15 @@ def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
     return None
 
 
+def _exporting() -> bool:
+    """torch.export is tracing. Read from torch's flag itself: dynamo in torch
+    2.11 answers ``torch.compiler.is_exporting()`` with a constant True under
+    plain torch.compile too (which would keep skip mode out of every
+    compiled graph), while the flag is set by torch.export alone."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
     """How skip mode may run here: ``"eager"`` (plain eager execution: the
     mask read on the host), ``"compiled"`` (being traced by torch.compile,
@@ -89,7 +98,7 @@ def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
     fake/meta tensor, tensor subclass, CUDA graph capture, torch.export)."""
     present = tuple(t for t in tensors if t is not None)
     if torch.compiler.is_compiling():
-        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+        if torch.jit.is_tracing() or _exporting():
             return None
         if any(type(t) not in _PLAIN_TYPES or t.is_meta for t in present):
             return None
