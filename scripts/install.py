@@ -44,11 +44,11 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, **kwargs)
 
 
-def _pip(*args: str, check: bool = True) -> bool:
+def _pip(*args: str) -> None:
+    """pip for what the install needs: a failure stops the install."""
     result = _run([sys.executable, "-m", "pip", *args])
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         sys.exit(f"pip failed (exit {result.returncode}); see its output above")
-    return result.returncode == 0
 
 
 def _pip_optional(*args: str) -> bool:
