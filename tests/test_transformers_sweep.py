@@ -207,9 +207,7 @@ def test_gradient_checkpointing_recomputes_the_same_masks(family, use_reentrant)
         got = _train_step(fused, inputs, seed=3)
     # (Swin checkpoints its stages and their layers: nested recomputations)
     assert skipped_without and skip.call_count >= 2 * skipped_without, "forward and recomputation in skip mode"
-    assert got[1].keys() == want[1].keys()
-    for name in want[1]:
-        torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-7, atol=1e-10, msg=name)
+    _assert_same_training(got, want, "checkpointed vs not")
 
 
 @pytest.mark.parametrize("family", ["dinov2", "swin"] + [pytest.param(f, marks=pytest.mark.slow)
