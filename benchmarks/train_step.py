@@ -47,10 +47,13 @@ def _make(model_name: str, rate: float, img_size: int | None, depth: int | None)
     import timm
 
     kwargs = dict(pretrained=False, drop_path_rate=rate, num_classes=100)
-    if img_size is not None:
-        kwargs["img_size"] = img_size
     if depth is not None:
         kwargs["depth"] = depth
+    if img_size is not None:
+        try:
+            return timm.create_model(model_name, img_size=img_size, **kwargs)
+        except TypeError:  # convolutional models take any input size, and no such argument
+            pass
     return timm.create_model(model_name, **kwargs)
 
 

@@ -5,13 +5,15 @@ Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
 :func:`convert_model`, :func:`backend`, :func:`replay_generators`.
 """
 
-from . import _library
+from . import _inductor_fixes, _library
 from ._library import backend, backend_reason
 from .checkpointing import replay_generators
 from .convert import ConversionReport, convert_model
 from .functional import drop_path, drop_path_add, stochastic_depth
 from .modules import DropPath, StochasticDepth
 from .residual import drop_path_residual
+
+_inductor_fixes.register()  # skip mode under torch.compile runs on either backend
 
 if _library.LOADED:
     from . import _decompositions, _dtensor, _vmap

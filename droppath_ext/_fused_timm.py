@@ -20,10 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from ._fused_block import FusedBlock
 from .residual import drop_path_residual
 
 
-class _FusedViTBlock:
+class _FusedViTBlock(FusedBlock):
     """timm's ViT ``Block``: two residual branches, attention then MLP."""
 
     def forward(
@@ -40,12 +41,14 @@ class _FusedViTBlock:
             x = F._backend.add(x, branch, p1, self.training, s1, 0, None, None)
             branch = self.ls2(self.mlp(self.norm2(x)))
             return F._backend.add(x, branch, p2, self.training, s2, 0, None, None)
+        elif self._droppath_runs_stock():
+            return self._droppath_stock_forward(x, attn_mask=attn_mask, is_causal=is_causal)
         else:
             x = drop_path_residual(
-                x, self._droppath_attn_branch, p1, self.training, s1, skip_dropped=self.droppath_skip
+                x, self._droppath_attn_branch, p1, self.training, s1, skip_dropped=self._droppath_policy(p1)
             )
             return drop_path_residual(
-                x, self._droppath_mlp_branch, p2, self.training, s2, skip_dropped=self.droppath_skip
+                x, self._droppath_mlp_branch, p2, self.training, s2, skip_dropped=self._droppath_policy(p2)
             )
 
     def _droppath_attn_branch(self, x: Tensor) -> Tensor:
@@ -55,20 +58,22 @@ class _FusedViTBlock:
         return self.ls2(self.mlp(self.norm2(x)))
 
 
-class _FusedTimmConvNeXtBlock:
+class _FusedTimmConvNeXtBlock(FusedBlock):
     """timm's ``ConvNeXtBlock`` (v1 and v2): ``shortcut(x) + drop_path(branch(x))``."""
 
     def forward(self, x: Tensor) -> Tensor:
         p, s = 0.0, True
         if hasattr(self.drop_path, "drop_prob"):
             p, s = self.drop_path.drop_prob, self.drop_path.scale_by_keep
-        shortcut = self.shortcut(x)
         if torch.jit.is_scripting():
-            return F._backend.add(shortcut, self._droppath_branch(x), p, self.training, s, 0, None, None)
+            return F._backend.add(self.shortcut(x), self._droppath_branch(x), p, self.training, s, 0, None, None)
+        elif self._droppath_runs_stock():
+            return self._droppath_stock_forward(x)
         else:
+            shortcut = self.shortcut(x)
             return drop_path_residual(
                 x, self._droppath_branch, p, self.training, s, residual=shortcut,
-                skip_dropped=self.droppath_skip,
+                skip_dropped=self._droppath_policy(p),
             )
 
     def _droppath_branch(self, x: Tensor) -> Tensor:

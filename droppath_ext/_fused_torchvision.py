@@ -10,19 +10,22 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
+from ._fused_block import FusedBlock
 from .residual import drop_path_residual
 
 
-class _FusedTorchvisionCNBlock:
+class _FusedTorchvisionCNBlock(FusedBlock):
     """torchvision's ConvNeXt ``CNBlock``: ``input + stochastic_depth(layer_scale * block(input))``."""
 
     def forward(self, input: Tensor) -> Tensor:
         p = float(self.stochastic_depth.p)
         if torch.jit.is_scripting():
             return F._backend.add(input, self._droppath_branch(input), p, self.training, True, 0, None, None)
+        elif self._droppath_runs_stock():
+            return self._droppath_stock_forward(input)
         else:
             return drop_path_residual(
-                input, self._droppath_branch, p, self.training, True, skip_dropped=self.droppath_skip
+                input, self._droppath_branch, p, self.training, True, skip_dropped=self._droppath_policy(p)
             )
 
     def _droppath_branch(self, input: Tensor) -> Tensor:

@@ -13,11 +13,12 @@ Dinov2WithRegistersLayer's, EomtLayer's, ...): each is fused.
 
 Skip mode is used only where what the stock layer hands out is unchanged:
 not when an attention mask is passed (it has a batch dimension to subset),
-nor when extra keyword arguments are passed, nor when a hook watches the
-attention (transformers records attention weights with hooks: they would
-see the kept samples only), nor for Swin with eager attention (which returns
-the attention weights of every sample). There, and under tracers, the masked
-form runs: every sample computed, the fused add.
+nor when extra keyword arguments are passed, nor for Swin with eager
+attention (which returns the attention weights of every sample). There, and
+under tracers, the masked form runs: every sample computed, the fused add.
+While a hook watches a module of the layer (transformers records attention
+weights and hidden states with hooks) the stock forward runs
+(``_fused_block``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from ._fused_block import FusedBlock
 from .residual import drop_path_residual
 
 
@@ -82,11 +84,6 @@ def _drop_prob(module: nn.Module) -> float:
     return float(getattr(module, "drop_prob", 0.0))
 
 
-def _watched(module: nn.Module) -> bool:
-    """A forward hook on the module or inside it (output recording, user hooks)."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
-
-
 def _stock_module(block: nn.Module):
     """The module of the stock class a fused block was made from (its helper functions)."""
     for cls in type(block).__mro__:
@@ -95,14 +92,15 @@ def _stock_module(block: nn.Module):
     raise TypeError(f"{type(block).__name__} is not a transformers layer")
 
 
-class _FusedDinov2Layer:
+class _FusedDinov2Layer(FusedBlock):
     """Dinov2Layer's forward (also Dinov2WithRegistersLayer's, EomtLayer's, ...):
     attention and MLP residuals, each with layer scale, one drop-path module."""
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None, **kwargs) -> Tensor:
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(hidden_states, attention_mask, **kwargs)
         p = _drop_prob(self.drop_path)
-        attention_skip = self.droppath_skip if attention_mask is None and not kwargs and \
-            not _watched(self.attention) else False
+        attention_skip = self._droppath_policy(p) if attention_mask is None and not kwargs else False
 
         def attention(x: Tensor) -> Tensor:
             x, _ = self.attention(self.norm1(x), attention_mask=attention_mask, **kwargs)
@@ -112,21 +110,21 @@ class _FusedDinov2Layer:
             return self.layer_scale2(self.mlp(self.norm2(x)))
 
         hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training,
-                                  skip_dropped=False if _watched(self.mlp) else self.droppath_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
 
 
-class _FusedDinov3ViTLayer:
+class _FusedDinov3ViTLayer(FusedBlock):
     """DINOv3ViTLayer's forward (also EomtDinov3Layer's, Sapiens2Layer's): as
     Dinov2Layer's, with rotary position embeddings for the attention (tables
     the same for every sample; with a batch dimension, the masked form runs)."""
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None,
                 position_embeddings=None, **kwargs) -> Tensor:
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(hidden_states, attention_mask, position_embeddings, **kwargs)
         p = _drop_prob(self.drop_path)
         shared_tables = position_embeddings is None or all(t.dim() <= 2 for t in position_embeddings)
-        attention_skip = self.droppath_skip if attention_mask is None and shared_tables and not kwargs and \
-            not _watched(self.attention) else False
+        attention_skip = self._droppath_policy(p) if attention_mask is None and shared_tables and not kwargs else False
 
         def attention(x: Tensor) -> Tensor:
             x, _ = self.attention(self.norm1(x), attention_mask=attention_mask,
@@ -137,18 +135,20 @@ class _FusedDinov3ViTLayer:
             return self.layer_scale2(self.mlp(self.norm2(x)))
 
         hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training,
-                                  skip_dropped=False if _watched(self.mlp) else self.droppath_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
 
 
-class _FusedConvNextLayer:
+class _FusedConvNextLayer(FusedBlock):
     """ConvNextLayer and ConvNextV2Layer: ``residual + drop_path(branch)``, the
     branch a depthwise conv and an MLP, with layer scale (v1) or GRN, a
     per-sample normalisation (v2)."""
 
     def forward(self, features: Tensor) -> Tensor:
-        return drop_path_residual(features, self._droppath_branch, _drop_prob(self.drop_path), self.training,
-                                  skip_dropped=self.droppath_skip)
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(features)
+        p = _drop_prob(self.drop_path)
+        return drop_path_residual(features, self._droppath_branch, p, self.training,
+                                  skip_dropped=self._droppath_policy(p))
 
     def _droppath_branch(self, features: Tensor) -> Tensor:
         features = self.dwconv(features)
@@ -166,12 +166,15 @@ class _FusedConvNextLayer:
         return features.permute(0, 3, 1, 2)
 
 
-class _FusedBeitLayer:
+class _FusedBeitLayer(FusedBlock):
     """BeitLayer: a relative position bias (the same for every sample), then
     attention and MLP residuals with lambda scales."""
 
     def forward(self, hidden_states: Tensor, attention_mask: Optional[Tensor] = None,
                 interpolate_pos_encoding: bool = False, resolution=None, **kwargs) -> Tensor:
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(hidden_states, attention_mask, interpolate_pos_encoding, resolution,
+                                                **kwargs)
         user_mask = attention_mask
         if self.relative_position_bias is not None:
             height, width = resolution
@@ -183,8 +186,7 @@ class _FusedBeitLayer:
                 relative_position_bias + attention_mask if attention_mask is not None else relative_position_bias
             )
         p = _drop_prob(self.drop_path)
-        attention_skip = self.droppath_skip if user_mask is None and not kwargs and \
-            not _watched(self.attention) else False
+        attention_skip = self._droppath_policy(p) if user_mask is None and not kwargs else False
 
         def attention(x: Tensor) -> Tensor:
             x, _ = self.attention(self.layernorm_before(x), attention_mask=attention_mask, **kwargs)
@@ -194,19 +196,21 @@ class _FusedBeitLayer:
             return self.lambda_2 * self.dropout(self.mlp(self.layernorm_after(x)))
 
         hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training,
-                                  skip_dropped=False if _watched(self.mlp) else self.droppath_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
 
 
-class _FusedData2VecVisionLayer:
+class _FusedData2VecVisionLayer(FusedBlock):
     """Data2VecVisionLayer: BEiT's block with the older interface (attention
     outputs returned as a tuple, ``output_attentions``)."""
 
     def forward(self, hidden_states: Tensor, output_attentions: bool = False, relative_position_bias=None,
                 interpolate_pos_encoding: bool = False, resolution=None):
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(hidden_states, output_attentions, relative_position_bias,
+                                                interpolate_pos_encoding, resolution)
         p = _drop_prob(self.drop_path)
         attention_outputs: list = []
-        attention_skip = self.droppath_skip if not output_attentions and not _watched(self.attention) else False
+        attention_skip = self._droppath_policy(p) if not output_attentions else False
 
         def attention(x: Tensor) -> Tensor:
             outputs = self.attention(self.layernorm_before(x), output_attentions=output_attentions,
@@ -220,16 +224,17 @@ class _FusedData2VecVisionLayer:
             return x if self.lambda_2 is None else self.lambda_2 * x
 
         hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        layer_output = drop_path_residual(hidden_states, mlp, p, self.training,
-                                          skip_dropped=False if _watched(self.intermediate) else self.droppath_skip)
+        layer_output = drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
         return (layer_output,) + tuple(attention_outputs)
 
 
-class _FusedSwinLayer:
+class _FusedSwinLayer(FusedBlock):
     """SwinLayer: shifted-window attention (windows are per sample, the shift
     mask the same for every sample) with drop path; the MLP residual has none."""
 
     def forward(self, hidden_states: Tensor, input_dimensions, always_partition: bool = False, **kwargs):
+        if self._droppath_runs_stock():
+            return self._droppath_stock_forward(hidden_states, input_dimensions, always_partition, **kwargs)
         if not always_partition:
             self.set_shift_and_window_size(input_dimensions)
         height, width = input_dimensions
@@ -253,9 +258,9 @@ class _FusedSwinLayer:
 
         # Eager attention returns every sample's weights: then every sample is computed.
         returns_weights = getattr(self.attention.config, "_attn_implementation", "eager") == "eager"
-        skip = self.droppath_skip if not returns_weights and not kwargs and not _watched(self.attention) else False
-        hidden_states = drop_path_residual(hidden_states, attention, _drop_prob(self.drop_path), self.training,
-                                           skip_dropped=skip)
+        p = _drop_prob(self.drop_path)
+        skip = self._droppath_policy(p) if not returns_weights and not kwargs else False
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=skip)
         residual = hidden_states
         hidden_states = self.mlp(self.layernorm_after(hidden_states))
         return self.dropout(hidden_states) + residual, weights[0]

@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._on_import import when_imported
+
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _symbolic_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
 
@@ -90,6 +92,36 @@ def _exporting() -> bool:
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
+def _inside_higher_order_op() -> bool:
+    """Dynamo is tracing the body of a higher-order op: activation
+    checkpointing's region (``torch.utils.checkpoint``, reentrant or not,
+    timm's ``set_grad_checkpointing``, transformers'
+    ``gradient_checkpointing_enable``), an autograd.Function, ``torch.cond``.
+
+    Skip mode's data-dependent size does not survive such a region: the
+    partitioner recomputes the row maps in the backward graph (redefining the
+    size) but also hands the backward sizes derived from it (``17 * u0``)
+    that Inductor takes for bound, and the backward reads the size before it
+    is defined (torch 2.14: "cannot access local variable 'u11'"). Asked of
+    dynamo's own tracer, at trace time: marked ``assume_constant_result``
+    (below) once dynamo is imported, so it is called while tracing and its
+    answer is a constant of the graph, never a graph break."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tracer = InstructionTranslator.current_tx().output.current_tracer
+    except Exception:  # noqa: BLE001 - not under dynamo (AOT tracing), or its internals moved
+        return False
+    return getattr(tracer, "parent", None) is not None
+
+
+def _mark_constant(dynamo) -> None:
+    dynamo.assume_constant_result(_inside_higher_order_op)
+
+
+when_imported("torch._dynamo", _mark_constant)
+
+
 def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
     """How skip mode may run here: ``"eager"`` (plain eager execution: the
     mask read on the host), ``"compiled"`` (being traced by torch.compile,
@@ -98,7 +130,7 @@ def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
     fake/meta tensor, tensor subclass, CUDA graph capture, torch.export)."""
     present = tuple(t for t in tensors if t is not None)
     if torch.compiler.is_compiling():
-        if torch.jit.is_tracing() or _exporting():
+        if torch.jit.is_tracing() or _exporting() or _inside_higher_order_op():
             return None
         if any(type(t) not in _PLAIN_TYPES or t.is_meta for t in present):
             return None

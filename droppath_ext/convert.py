@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 
 from torch import nn
 
-from . import _fused_timm, _fused_torchvision, _fused_transformers, _transformers
+from . import _discovery, _fused_generic, _fused_timm, _fused_torchvision, _fused_transformers
 from .modules import DropPath, StochasticDepth
 from .residual import SkipDropped
 
@@ -60,34 +60,34 @@ def _class_path(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _is_timm_drop_path(module: nn.Module) -> bool:
-    return type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm.")
-
-
-def _is_torchvision_stochastic_depth(module: nn.Module) -> bool:
-    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.")
-
-
 def _replacement(module: nn.Module) -> tuple[Optional[nn.Module], Optional[str]]:
     """(this package's module to put in ``module``'s place, None), or
     (None, why it stays) for a candidate that is not equivalent, or (None, None)."""
-    if _is_timm_drop_path(module):
+    if _discovery.is_timm_drop_path(module):
         new = DropPath(float(module.drop_prob), bool(getattr(module, "scale_by_keep", True)))
-    elif _is_torchvision_stochastic_depth(module):
+    elif _discovery.is_torchvision_stochastic_depth(module):
         new = StochasticDepth(float(module.p), str(module.mode))
-    elif _transformers.is_candidate(module):
-        reason = _transformers.why_not_equivalent(module)
-        if reason is not None:
-            return None, reason
-        new = DropPath(_transformers.drop_prob(module))
+    elif _discovery.is_candidate(module):
+        verdict = _discovery.check(module)
+        if verdict.reason is not None:
+            return None, verdict.reason
+        new = DropPath(_discovery.drop_prob(module), verdict.scale_by_keep)
     else:
         return None, None
     new.train(module.training)
     return new, None
 
 
+_MIXES_SAMPLES = "its branch mixes samples (BatchNorm uses batch statistics)"
+
+
 def _mixes_samples(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+    """BatchNorm (SyncBatchNorm too) in training normalises with batch
+    statistics; InstanceNorm tracking running statistics updates them from
+    the batch."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or
+               (isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats)
+               for m in module.modules())
 
 
 # ---- fusing -------------------------------------------------------------------------
@@ -108,18 +108,30 @@ def _fuser(module: nn.Module) -> tuple[Optional[type], Optional[str]]:
         check, mixin = entry
         reason = check(module)
         return (None, reason) if reason else (mixin, None)
-    if type(module).__module__.startswith("transformers.") and _holds_stochastic_depth(module):
-        if any(_transformers.is_candidate(c) for c in module.children()):
-            return None, "its DropPath was left as it is (see its own entry)"
-        return _fused_transformers.mixin_for(module)
-    return None, None
+    if not _holds_stochastic_depth(module):
+        return None, None
+    if any(_discovery.is_candidate(c) for c in module.children()):
+        return None, "its DropPath was left as it is (see its own entry)"
+    if type(module).__module__.startswith("transformers."):
+        mixin, _ = _fused_transformers.mixin_for(module)
+        if mixin is not None:
+            return mixin, None
+    if not any(_fused_generic.is_stochastic_depth(c) for c in module.children()):
+        return None, None  # (only Identity modules in the stochastic-depth places: nothing is dropped)
+    if _mixes_samples(module):
+        return None, _MIXES_SAMPLES
+    reason = _fused_generic.why_not(module)
+    return (None, reason) if reason else (_fused_generic.GenericFusedBlock, None)
 
 
 def _fused_class(cls: type, mixin: type) -> type:
     if cls not in _FUSED_CLASSES:
         name = f"DropPathFused{cls.__name__}"
-        fused = type(name, (mixin, cls), {"__module__": __name__, "__qualname__": name,
-                                          "__reduce_ex__": _reduce_fused_block})
+        namespace = {"__module__": __name__, "__qualname__": name, "__reduce_ex__": _reduce_fused_block,
+                     "_droppath_stock_class": cls}
+        if mixin is _fused_generic.GenericFusedBlock:
+            namespace["forward"] = _fused_generic.fused_forward(cls)
+        fused = type(name, (mixin, cls), namespace)
         _FUSED_CLASSES[cls] = fused
         _FUSED_FROM[fused] = (cls, mixin)
     return _FUSED_CLASSES[cls]
@@ -141,7 +153,7 @@ def _reduce_fused_block(self: nn.Module, protocol: int):
 
 
 def _holds_stochastic_depth(module: nn.Module) -> bool:
-    return any(isinstance(c, (DropPath, StochasticDepth)) or _transformers.is_candidate(c)
+    return any(isinstance(c, (DropPath, StochasticDepth)) or _discovery.is_candidate(c)
                for c in module.children())
 
 
@@ -201,7 +213,7 @@ def convert_model(
                 continue
             mixin, reason = _fuser(module)
             if mixin is not None and _mixes_samples(module):
-                mixin, reason = None, "its branch mixes samples (BatchNorm uses batch statistics)"
+                mixin, reason = None, _MIXES_SAMPLES
             if mixin is None:
                 if reason is None and _holds_stochastic_depth(module):
                     reason = f"{type(module).__name__} is not a block this package has a fused form of"
@@ -212,6 +224,8 @@ def convert_model(
             module.droppath_skip = skip_dropped
             module.__class__ = _fused_class(type(module), mixin)
             report.fused.append(name)
+            if mixin is _fused_generic.GenericFusedBlock:
+                _fused_generic.remember_report(module, report, name)
     for name in report.unfused + report.not_replaced:
         _log.info("convert_model: left %r as it is: %s", name, report.reasons[name])
     return (model, report) if return_report else model

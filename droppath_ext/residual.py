@@ -103,11 +103,19 @@ def _skip_mode(
     if skip_dropped is False or x.device.type not in ("cpu", "cuda"):
         return None
     mode = _tracing.skip_mode(x, res)
-    if mode == "compiled" and generator is not None:
-        return None  # an explicit generator is drawn from in eager mode only
+    if _statically_empty(batch) or (mode == "compiled" and generator is not None):
+        # An empty batch has nothing to skip (and Inductor cannot lower a
+        # gather of it); an explicit generator is drawn from in eager mode only.
+        return None
     if mode is None or (skip_dropped == "auto" and not skip_pays(batch, drop_prob, x.device.type)):
         return None
     return mode
+
+
+def _statically_empty(batch) -> bool:
+    """``batch == 0`` where that is known while compiling, without a guard (a
+    dynamic batch size is never 0: dynamo specialises sizes 0 and 1)."""
+    return isinstance(batch, int) and batch == 0
 
 
 def drop_path_residual(
@@ -146,9 +154,11 @@ def drop_path_residual(
 
     Returns:
         A new tensor. In eval mode or at ``drop_prob == 0``: ``residual + branch_fn(x)``.
-        When every sample is dropped the branch still runs, on an empty batch,
-        so its parameters stay in the autograd graph (DistributedDataParallel
-        needs every parameter to receive a gradient).
+        Skip mode computes at least one sample: when every sample is dropped
+        the branch runs on one dropped sample whose output is discarded, so
+        its parameters stay in the autograd graph with zero gradients
+        (DistributedDataParallel needs every parameter to receive a gradient)
+        and no branch meets an empty batch (many ops cannot take one).
     """
     check_drop_prob(drop_prob)
     check_input(x, "x")
@@ -177,50 +187,65 @@ def drop_path_residual(
         return functional.drop_path_add(
             res, branch, drop_prob, training, scale_by_keep, batch_dim=dim, generator=generator
         )
+    return skip_residual(mode, (x,), res, branch_fn, dim, drop_prob, scale_by_keep, generator)
+
+
+def skip_residual(mode: str, inputs: tuple, res: Tensor, branch_fn: Callable[..., Tensor], dim: int,
+                  drop_prob: float, scale_by_keep: bool, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Skip mode (``mode`` from :func:`_skip_mode`): ``res + drop_path(branch_fn(*inputs))``,
+    with each of ``inputs`` (tensors of ``res``'s samples along ``dim``)
+    gathered to the kept samples before ``branch_fn`` runs on them."""
     if mode == "compiled":
-        return _skip_compiled(x, res, branch_fn, dim, drop_prob, scale_by_keep)
-    return _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator)
+        return _skip_compiled(inputs, res, branch_fn, dim, drop_prob, scale_by_keep)
+    return _skip(inputs, res, branch_fn, dim, drop_prob, scale_by_keep, generator)
 
 
-def _skip(x, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor:
+def _skip(inputs, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor:
     backend = functional._backend
+    x = inputs[0]
     batch = x.shape[dim]
     factors, host_factors = _draw(x, dim, drop_prob, scale_by_keep, generator)
     rows, index, _, rows_computed = _skip_rows.host_row_maps(
-        host_factors, branch_batch_granule(batch, x.device.type))
+        host_factors, branch_batch_granule(batch, x.device.type), at_least=1)
     if factors is None:
         factors = _skip_rows.to_device(host_factors, x.device)
     if rows_computed == batch:
-        res, branch = _aligned(res, branch_fn(x), dim, batch)
+        res, branch = _aligned(res, branch_fn(*inputs), dim, batch)
         return backend.add_rows(res, branch, factors, dim)
     maps = _skip_rows.to_device(torch.cat([rows, index]), x.device)
     rows, index = maps[:batch], maps[batch:]
-    branch_input = backend.take_rows(x, index, rows, None, dim)
-    res, branch = _aligned(res, branch_fn(branch_input), dim, rows_computed)
-    if rows_computed == 0:
-        # Every sample dropped: the branch ran on zero samples so its
-        # parameters get (zero) gradients; the result is the residual.
-        return res + branch.sum() * 0
+    taken = tuple(backend.take_rows(t, index, rows, None, dim) for t in inputs)
+    res, branch = _aligned(res, branch_fn(*taken), dim, rows_computed)
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
 
 
-def _skip_compiled(x, res, branch_fn, dim, drop_prob, scale_by_keep) -> Tensor:
+def _skip_compiled(inputs, res, branch_fn, dim, drop_prob, scale_by_keep) -> Tensor:
     """Skip mode as torch.compile traces it: one graph for any kept count (the
     count of rows is an unbacked size, _skip_rows), no shortcut for the
     all-kept and all-dropped draws (the gather/scatter handle both)."""
     backend = functional._backend
+    x = inputs[0]
     batch = x.shape[dim]
     _, host_factors = _draw(x, dim, drop_prob, scale_by_keep, None)
     factors, rows, index = torch.ops.droppath_ext._row_maps(
         host_factors, branch_batch_granule(batch, x.device.type), x.device)
-    branch_input = backend.take_rows(x, index, rows, None, dim)
-    res, branch = _aligned(res, branch_fn(branch_input), dim, index.shape[0])
+    taken = tuple(backend.take_rows(t, index, rows, None, dim) for t in inputs)
+    res, branch = _aligned(res, branch_fn(*taken), dim, index.shape[0])
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
+
+
+_forced_factors: Optional[Callable[[int, torch.dtype], Tensor]] = None
+"""Set while a generically fused block verifies its rewrite (``_fused_generic``):
+the host factors every skip-mode draw returns, as a function of the batch
+size and the factors' dtype, instead of a random draw."""
 
 
 def _draw(x, dim, drop_prob, scale_by_keep, generator) -> tuple[Optional[Tensor], Tensor]:
     """(factors on x's device or None, the same factors on the host)."""
     backend = functional._backend
+    if _forced_factors is not None:
+        math = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return None, _forced_factors(x.shape[dim], math)
     if x.device.type == "cpu" or generator is not None:
         factors = backend.sample_factors(x, drop_prob, scale_by_keep, dim, None, generator)
         return factors, factors.cpu()  # a device copy synchronises: only with a device generator

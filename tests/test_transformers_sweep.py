@@ -133,7 +133,7 @@ def test_family_converts_exactly(family):
 def test_the_check_leaves_a_drop_path_that_is_not_equivalent_alone():
     """A transformers-style DropPath that scales differently is not replaced,
     and the report says why."""
-    from droppath_ext import _transformers
+    from droppath_ext import _discovery
 
     class OddDropPath(torch.nn.Module):
         def __init__(self, drop_prob=0.0):
@@ -149,7 +149,7 @@ def test_the_check_leaves_a_drop_path_that_is_not_equivalent_alone():
     assert report.replaced == [] and report.not_replaced == ["1"]
     assert "does not drop whole samples" in report.reasons["1"]
     assert type(model[1]) is OddDropPath
-    assert _transformers.why_not_equivalent(model[1]) == report.reasons["1"]
+    assert _discovery.check(model[1]).reason == report.reasons["1"]
 
 
 def test_conversion_does_not_move_the_random_stream():

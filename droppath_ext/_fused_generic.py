@@ -1,0 +1,314 @@
+"""Generic fusion: any block whose forward adds a stochastic-depth branch to a
+residual in the usual ways runs in skip mode, from a rewrite of its own
+source (``_rewrite.py``), verified before it is trusted.
+
+A generically fused block is the model's block object with the class
+``DropPathFused<Block>(GenericFusedBlock, Block)``. Its ``forward`` is a
+function of the stock forward's signature (``__wrapped__`` is the stock
+forward, so TorchScript scripts the stock forward, and ``inspect`` sees its
+signature) that runs:
+
+- the stock forward (with this package's stochastic-depth modules) in eval
+  mode, under every tracer but ``torch.compile`` (FX, ``jit.trace``, fake
+  and meta tensors, functorch, ``torch.export`` via the sites' own checks),
+  while a hook watches the block (``_fused_block``), until the rewrite is
+  verified, and for good once it failed;
+- otherwise the rewritten forward, whose residuals go through :func:`site`:
+  skip mode where the block's policy and :func:`residual.skip_pays` say so
+  and every per-sample input has the residual's batch, else the stock
+  expression ``res + dp(branch)``.
+
+Verification, on the block's first eager training call with at least two
+samples: the stock forward and the rewritten one in skip mode run on the
+same inputs with the same forced mask (even samples kept, scaled by 2; odd
+ones dropped), dropout set to 0, no autograd, the block's buffers restored
+afterwards and the random streams forked, so the user's training and random
+stream are unchanged; the outputs must agree to rounding. A branch that mixes
+samples (a batch mean, batch statistics) computes something else on half the
+batch and fails; so does a rewrite that raises. A failed block runs the
+stock forward from then on; the reason is logged and moved into the
+``ConversionReport`` of its conversion (``fused`` -> ``unfused``, with
+``reasons``). Under ``torch.compile``, a block not yet verified runs the stock
+forward: :func:`verify_fused` (one eager forward) verifies a model's blocks
+before compiling it; the compiled graph then recompiles once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import types
+import weakref
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import _rewrite, _tracing, residual
+from ._fused_block import FusedBlock
+from .modules import DropPath, StochasticDepth
+
+_log = logging.getLogger("droppath_ext")
+
+_REWRITES: Dict[type, _rewrite.Rewrite] = {}
+_REPORTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[Any, str]]" = weakref.WeakKeyDictionary()
+
+_VERIFIED = ""
+"""``_droppath_verdict`` of a block whose rewrite was verified (a failed one holds the reason)."""
+
+
+def is_stochastic_depth(module: nn.Module) -> bool:
+    return isinstance(module, (DropPath, StochasticDepth))
+
+
+def rewrite_for(cls: type, block: nn.Module) -> _rewrite.Rewrite:
+    """The rewrite of ``cls.forward`` (made once per class and kept)."""
+    if cls not in _REWRITES:
+        _REWRITES[cls] = _rewrite.rewrite(cls, _rewrite.drop_path_attributes(block, is_stochastic_depth))
+    return _REWRITES[cls]
+
+
+def why_not(block: nn.Module) -> Optional[str]:
+    """None when ``block``'s class has a rewrite with at least one residual, else why not."""
+    return rewrite_for(type(block), block).reason
+
+
+def fused_forward(cls: type) -> Callable:
+    """The ``forward`` of ``cls``'s fused class: the stock signature and
+    source (``__wrapped__``, for TorchScript and ``inspect``), dispatching to
+    :meth:`GenericFusedBlock._droppath_forward`."""
+    stock = cls.forward
+
+    def forward(self, *args, **kwargs):
+        return self._droppath_forward(args, kwargs)
+
+    # The stock forward's globals: TorchScript resolves the names of the
+    # source it compiles (the stock forward's, through __wrapped__) in them.
+    forward = types.FunctionType(forward.__code__, stock.__globals__, "forward", None, forward.__closure__)
+    return functools.update_wrapper(forward, stock)
+
+
+def remember_report(block: nn.Module, report: Any, name: str) -> None:
+    """Where a failed verification of ``block`` is to be reported."""
+    _REPORTS[block] = (weakref.ref(report), name)
+
+
+class GenericFusedBlock(FusedBlock):
+    """The mixin of every generically fused block (see the module doc)."""
+
+    def _droppath_forward(self, args: tuple, kwargs: dict):
+        stock = type(self)._droppath_stock_class.forward
+        if not self.training or self._droppath_runs_stock():
+            return stock(self, *args, **kwargs)
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
+        compiling = torch.compiler.is_compiling()
+        if not compiling and not _tracing.plain_eager(*tensors):
+            return stock(self, *args, **kwargs)
+        verdict = self.__dict__.get("_droppath_verdict")
+        if verdict is None:
+            if compiling or not _verifiable(tensors):
+                return stock(self, *args, **kwargs)
+            verdict = self._droppath_verify(args, kwargs)
+        if verdict != _VERIFIED:
+            return stock(self, *args, **kwargs)
+        forward = rewrite_for(type(self)._droppath_stock_class, self).make(site)
+        return forward(self, *args, **kwargs)
+
+    def _droppath_verify(self, args: tuple, kwargs: dict) -> str:
+        cls = type(self)._droppath_stock_class
+        try:
+            with _verification(self):
+                want = cls.forward(self, *args, **kwargs)
+                global _verifying
+                _verifying = True
+                try:
+                    got = rewrite_for(cls, self).make(site)(self, *args, **kwargs)
+                finally:
+                    _verifying = False
+            reason = _differs(got, want)
+        except Exception as error:  # noqa: BLE001 - any failure of the rewrite: the stock forward, for good
+            reason = f"the rewritten forward raised {type(error).__name__}: {error}"
+        verdict = _VERIFIED if reason is None else \
+            f"{cls.__name__}: skip mode was not verified ({reason}); the stock forward runs"
+        self._droppath_verdict = verdict
+        if verdict != _VERIFIED:
+            _reject(self, verdict)
+        return verdict
+
+
+def _verifiable(tensors: list) -> bool:
+    return bool(tensors) and tensors[0].dim() > 0 and tensors[0].shape[0] >= 2
+
+
+_verifying = False
+"""True while a rewrite runs for its verification: every site skips, with the forced mask."""
+
+
+def _forced(batch: int, dtype: torch.dtype) -> Tensor:
+    """Verification's mask: even samples kept (factor 2, exact in every dtype), odd ones dropped."""
+    return (torch.arange(batch) % 2 == 0).to(dtype) * 2
+
+
+@contextlib.contextmanager
+def _verification(block: nn.Module) -> Iterator[None]:
+    """The verification's world: forced masks in the block's stochastic-depth
+    modules and skip-mode draws, dropout off, no autograd, forked random
+    streams, the block's buffers as they were afterwards."""
+    saved = [(b, b.detach().clone()) for b in block.buffers()]
+    dropouts = [(m, m.p) for m in block.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    depths = [m for m in block.modules() if is_stochastic_depth(m)]
+    devices = sorted({b.device.index or 0 for b in list(block.parameters()) + [t for t, _ in saved]
+                      if b.device.type == "cuda"})
+
+    def forced_drop_path(x: Tensor) -> Tensor:
+        return x * _forced(x.shape[0], x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
+
+    try:
+        for module, _ in dropouts:
+            module.p = 0.0
+        for module in depths:
+            module.forward = forced_drop_path
+        residual._forced_factors = _forced
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        residual._forced_factors = None
+        for module in depths:
+            module.__dict__.pop("forward", None)
+        for module, p in dropouts:
+            module.p = p
+        for buffer, value in saved:
+            buffer.copy_(value)
+
+
+def _differs(got: Any, want: Any, where: str = "output") -> Optional[str]:
+    """Why the rewritten forward's output ``got`` is not the stock ``want`` (to rounding), or None."""
+    if isinstance(want, Tensor):
+        if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            return f"{where}: {_describe(got)} where the stock forward gives {_describe(want)}"
+        if not want.is_floating_point():
+            return None if torch.equal(got, want) else f"{where} differs"
+        tolerance = {torch.float64: 1e-7, torch.float32: 1e-4}.get(want.dtype, 2e-2)
+        scale = float(want.detach().abs().max()) if want.numel() else 0.0
+        error = float((got.detach() - want.detach()).abs().max()) if want.numel() else 0.0
+        if error > tolerance * max(scale, 1.0):
+            return (f"{where} differs by up to {error:.3g} (scale {scale:.3g}) on a batch with half the "
+                    f"samples dropped: the branch mixes samples (batch statistics, a batch mean) or draws "
+                    f"random numbers")
+        return None
+    if isinstance(want, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(want):
+            return f"{where}: {_describe(got)} where the stock forward gives {_describe(want)}"
+        for i, (a, b) in enumerate(zip(got, want)):
+            reason = _differs(a, b, f"{where}[{i}]")
+            if reason:
+                return reason
+        return None
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or got.keys() != want.keys():
+            return f"{where}: other keys than the stock forward's"
+        for key in want:
+            reason = _differs(got[key], want[key], f"{where}[{key!r}]")
+            if reason:
+                return reason
+    return None
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {tuple(value.shape)} {value.dtype} tensor"
+    return type(value).__name__
+
+
+def _reject(block: nn.Module, reason: str) -> None:
+    entry = _REPORTS.get(block)
+    name = entry[1] if entry else type(block).__name__
+    _log.warning("convert_model: %r runs the stock forward: %s", name, reason)
+    report = entry[0]() if entry else None
+    if report is not None and name in report.fused:
+        report.fused.remove(name)
+        report.unfused.append(name)
+        report.reasons[name] = reason
+
+
+# ---- the residual sites ----------------------------------------------------------------------
+
+
+def _settings(module: nn.Module) -> Optional[Tuple[float, bool]]:
+    """(drop rate, scale_by_keep) of a per-sample stochastic-depth module, else None."""
+    if isinstance(module, DropPath):
+        return float(module.drop_prob), bool(module.scale_by_keep)
+    if isinstance(module, StochasticDepth) and module.mode == "row":
+        return float(module.p), True
+    return None
+
+
+def site(block: nn.Module, drop_path: str, wrapper: Optional[str], res: Any, branch: Callable,
+         gathered: tuple, shared: tuple):
+    """One rewritten residual: ``res + dp(branch(*gathered, *shared))`` (or
+    ``res + wrapper(dp(...))``), the branch run on the kept samples where skip
+    mode applies."""
+    dp = getattr(block, drop_path)
+    wrap = getattr(block, wrapper) if wrapper else None
+    settings = _settings(dp)
+    if settings is not None and isinstance(res, Tensor) and res.dim() > 0:
+        drop_prob, scale_by_keep = settings
+        batch = res.shape[0]
+        if _verifying:
+            mode = "compiled" if torch.compiler.is_compiling() else "eager"
+        elif drop_prob > 0.0 and _per_sample(gathered, shared, batch):
+            mode = residual._skip_mode(block._droppath_policy(drop_prob), gathered[0], res, batch, drop_prob, None)
+        else:
+            mode = None
+        if mode is not None:
+            def branch_fn(*rows):
+                out = branch(*rows, *shared)
+                return wrap(out) if wrap is not None else out
+
+            return residual.skip_residual(mode, gathered, res, branch_fn, 0, drop_prob, scale_by_keep)
+    out = dp(branch(*gathered, *shared))
+    return res + (wrap(out) if wrap is not None else out)
+
+
+def _per_sample(gathered: tuple, shared: tuple, batch: int) -> bool:
+    """Every gathered input is a tensor of ``batch`` samples, and no shared
+    tensor looks like one (a shared table whose first size is the batch size
+    may be per-sample: then every sample is computed)."""
+    if batch < 1 or not all(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in gathered):
+        return False
+    return batch == 1 or not any(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in shared)
+
+
+# ---- verification before compiling -------------------------------------------------------
+
+
+def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
+    """Verify the generically fused blocks of ``model`` now: one eager
+    training-mode forward of ``model(*args, **kwargs)`` with no autograd and
+    the random streams forked (nothing the user trains or draws changes).
+
+    Blocks are otherwise verified on their first eager training call; a block
+    not yet verified runs the stock forward under ``torch.compile``, so call
+    this before compiling a model with generically fused blocks (inputs of at
+    least two samples).
+
+    Returns:
+        For each generically fused block (by name): None when verified (it runs
+        in skip mode), else the reason it runs the stock forward.
+    """
+    blocks = {name: m for name, m in model.named_modules() if isinstance(m, GenericFusedBlock)}
+    training = {m: m.training for m in model.modules()}
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        model.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            model(*args, **kwargs)
+    finally:
+        for module, mode in training.items():
+            module.training = mode
+    result = {}
+    for name, block in blocks.items():
+        verdict = block.__dict__.get("_droppath_verdict")
+        result[name] = None if verdict == _VERIFIED else (verdict or "not called with two or more samples")
+    return result
