@@ -125,6 +125,12 @@ def time_variants(args, rate: float, compiled: bool) -> dict:
     stock = _make(args.model, rate, args.img_size, args.depth).to(device).train()
     names = args.variants.split(",")
     models = _variants(stock, names)
+    size = args.img_size or stock.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 100, (args.batch,), device=device)
+    for name, model in models.items():
+        if name not in ("stock", "dinov2"):
+            dp.verify_fused(model, x)  # (generically fused blocks skip once verified, eager: before compiling)
     counters = {}
     if compiled:
         from torch._dynamo.testing import CompileCounterWithBackend
@@ -136,9 +142,6 @@ def time_variants(args, rate: float, compiled: bool) -> dict:
             counters = {name: CompileCounterWithBackend("inductor") for name in models}
             models = {name: torch.compile(model, backend=counters[name]) for name, model in models.items()}
     optims = {name: _optimizer(model, device) for name, model in models.items()}
-    size = args.img_size or stock.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-    x = torch.randn(args.batch, 3, size, size, device=device)
-    y = torch.randint(0, 100, (args.batch,), device=device)
     amp = (torch.autocast(device, dtype=torch.bfloat16) if args.amp == "bf16" else contextlib.nullcontext)
     times = {name: [] for name in models}
     peak = {name: 0 for name in models}

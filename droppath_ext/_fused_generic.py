@@ -244,40 +244,90 @@ def _settings(module: nn.Module) -> Optional[Tuple[float, bool]]:
     return None
 
 
-def site(block: nn.Module, drop_path: str, wrapper: Optional[str], res: Any, branch: Callable,
-         gathered: tuple, shared: tuple):
+def site(block: nn.Module, drop_path: str, after: Optional[Callable], res: Any, branch: Callable,
+         gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple]):
     """One rewritten residual: ``res + dp(branch(*gathered, *shared))`` (or
-    ``res + wrapper(dp(...))``), the branch run on the kept samples where skip
-    mode applies."""
+    ``res + after(dp(...))``: a layer scale or gains the stock forward applies
+    after drop path), the branch run on the kept samples where skip mode
+    applies (``after`` then runs on them, before the scale by the mask).
+
+    ``gathered`` reads the inputs derived from samples (each when the site
+    runs: one unset on this path is passed as unset, the branch does not read
+    it on this path), ``shared`` the inputs the branch takes as they are,
+    ``probe()`` the other inputs it reads from the forward's scope, for their
+    shapes."""
+    values = tuple(_read(thunk) for thunk in gathered)
     dp = getattr(block, drop_path)
-    wrap = getattr(block, wrapper) if wrapper else None
     settings = _settings(dp)
     if settings is not None and isinstance(res, Tensor) and res.dim() > 0:
         drop_prob, scale_by_keep = settings
         batch = res.shape[0]
-        if _verifying:
-            mode = "compiled" if torch.compiler.is_compiling() else "eager"
-        elif drop_prob > 0.0 and _per_sample(gathered, shared, batch):
-            mode = residual._skip_mode(block._droppath_policy(drop_prob), gathered[0], res, batch, drop_prob, None)
-        else:
+        rows = _rows_to_take(values, batch)
+        if rows is None or (not _verifying and (drop_prob == 0.0 or not _unambiguous(shared + _shared(probe), batch))):
             mode = None
+        elif _verifying:
+            mode = "compiled" if torch.compiler.is_compiling() else "eager"
+        else:
+            mode = residual._skip_mode(block._droppath_policy(drop_prob), values[rows[0]], res, batch, drop_prob, None)
         if mode is not None:
-            def branch_fn(*rows):
-                out = branch(*rows, *shared)
-                return wrap(out) if wrap is not None else out
+            def branch_fn(*taken):
+                arguments = list(values)
+                for position, value in zip(rows, taken):
+                    arguments[position] = value
+                out = branch(*arguments, *shared)
+                return after(out) if after is not None else out
 
-            return residual.skip_residual(mode, gathered, res, branch_fn, 0, drop_prob, scale_by_keep)
-    out = dp(branch(*gathered, *shared))
-    return res + (wrap(out) if wrap is not None else out)
+            inputs = tuple(values[position] for position in rows)
+            return residual.skip_residual(mode, inputs, res, branch_fn, 0, drop_prob, scale_by_keep)
+        elif _verifying:
+            raise _NotSkippable("an input of the branch that carries samples is not a tensor of the batch's "
+                                "samples, or one it takes whole has the batch's size")
+    out = dp(branch(*values, *shared))
+    return res + (after(out) if after is not None else out)
 
 
-def _per_sample(gathered: tuple, shared: tuple, batch: int) -> bool:
-    """Every gathered input is a tensor of ``batch`` samples, and no shared
-    tensor looks like one (a shared table whose first size is the batch size
-    may be per-sample: then every sample is computed)."""
-    if batch < 1 or not all(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in gathered):
-        return False
-    return batch == 1 or not any(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in shared)
+class _NotSkippable(RuntimeError):
+    pass
+
+
+_UNSET = object()
+"""What the branch receives for an input unset on this path (it does not read it there)."""
+
+
+def _shared(probe: Callable[[], tuple]) -> tuple:
+    value = _read(probe)
+    return () if value is _UNSET else value
+
+
+def _read(thunk: Callable[[], Any]) -> Any:
+    try:
+        return thunk()
+    except NameError:  # (UnboundLocalError included) unset on this path
+        return _UNSET
+
+
+def _rows_to_take(values: tuple, batch: int) -> Optional[Tuple[int, ...]]:
+    """The positions of ``values`` to gather (tensors of ``batch`` samples),
+    or None where skip mode cannot apply: a tensor of another first size, or a
+    container holding tensors, among the inputs derived from samples."""
+    rows = []
+    for position, value in enumerate(values):
+        if isinstance(value, Tensor):
+            if value.dim() == 0 or value.shape[0] != batch:
+                return None
+            rows.append(position)
+        elif isinstance(value, (tuple, list, dict)) and any(
+                isinstance(v, Tensor) for v in (value.values() if isinstance(value, dict) else value)):
+            return None
+    return tuple(rows) if rows else None
+
+
+def _unambiguous(shared: Any, batch: int) -> bool:
+    """No input the branch takes whole is a tensor whose first size is the
+    batch size (it might hold one row per sample: then every sample is computed)."""
+    if shared is _UNSET or batch == 1:
+        return True
+    return not any(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in shared)
 
 
 # ---- verification before compiling -------------------------------------------------------

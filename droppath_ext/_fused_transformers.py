@@ -30,7 +30,6 @@ import sys
 import textwrap
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ._fused_block import FusedBlock

@@ -10,8 +10,11 @@ stochastic-depth child of the block (``self.drop_path(...)``,
 - ``y = res + dp(branch)``, ``y = dp(branch) + res``, ``y += dp(branch)``,
   ``return res + dp(branch)``, and the same with ``dp`` inside one module
   call, ``res + self.layer_scale(dp(branch))`` (MetaFormer);
-- ``t = dp(branch)`` followed at once by ``y = t + res`` (or ``res + t``,
-  ``return t + res``);
+- ``t = dp(branch)``, then statements that only transform ``t``
+  (``t.mul_(gain)``, ``t = t * alpha``), then ``y = g(t) + res`` (or
+  ``res + g(t)``, ``return ...``): the branch takes ``g`` and those statements
+  with it (drop path commutes with them when they scale each sample, as
+  gains and layer scales do; the verification checks it);
 - the branch is the expression plus the statements right before it that
   only compute what it reads (the ConvNeXt shape: ``shortcut = x``; several
   statements on ``x``; ``x = shortcut + dp(x)``): a statement joins while it
@@ -34,17 +37,19 @@ the stock forward before it is used.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import re
 import textwrap
 from dataclasses import dataclass, field
-from typing import Callable, FrozenSet, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 DROP_PATH_ATTRIBUTE = re.compile(r"(drop_?path|stochastic_?depth|droppath)\w*", re.IGNORECASE)
 """Attribute names that hold a stochastic-depth module (or nn.Identity at rate 0)."""
 
 SITE = "__droppath_site__"
 _BRANCH = "__droppath_branch_{}__"
+_AFTER = "__droppath_after_{}__"
 _FACTORY = "__droppath_factory__"
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad"}
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "is_contiguous", "stride", "element_size", "get_device"}
@@ -82,7 +87,15 @@ def drop_path_attributes(block, is_stochastic_depth: Callable[[object], bool]) -
 
 
 def rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
-    """Rewrite ``cls.forward`` (see the module doc)."""
+    """Rewrite ``cls.forward`` (see the module doc); a forward this cannot
+    rewrite gives a Rewrite with the reason, never an exception."""
+    try:
+        return _rewrite(cls, drop_paths)
+    except Exception as error:  # noqa: BLE001 - code this analysis does not handle: left as it is, saying why
+        return Rewrite(reason=f"{cls.__name__}.forward could not be rewritten ({type(error).__name__}: {error})")
+
+
+def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     function = getattr(cls, "forward", None)
     if not inspect.isfunction(function):
         return Rewrite(reason=f"{cls.__name__}.forward is not a Python function")
@@ -182,10 +195,10 @@ def _tensor_reads(node: ast.AST) -> Set[str]:
             and id(n) not in shape_only}
 
 
-def _batch_size_names(definition: ast.FunctionDef, per_sample: Set[str]) -> Set[str]:
-    """Names bound to a per-sample tensor's dim 0: ``B, N, C = x.shape``,
-    ``B = x.shape[0]``, ``B = x.size(0)``, ``B = len(x)``."""
-    names = set()
+def _batch_size_names(definition: ast.FunctionDef, per_sample: Set[str]) -> Dict[str, Tuple[ast.stmt, str]]:
+    """Names bound to a per-sample tensor's dim 0 (``B, N, C = x.shape``,
+    ``B = x.shape[0]``, ``B = x.size(0)``, ``B = len(x)``) -> (the statement, the tensor's name)."""
+    names: Dict[str, Tuple[ast.stmt, str]] = {}
 
     def batch_of(value: ast.AST) -> Optional[str]:
         if isinstance(value, ast.Subscript) and isinstance(value.slice, ast.Constant) and value.slice.value == 0:
@@ -201,20 +214,23 @@ def _batch_size_names(definition: ast.FunctionDef, per_sample: Set[str]) -> Set[
             return value.args[0].id
         return None
 
+    def shape_of(value: ast.AST) -> Optional[str]:
+        if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr == "size" \
+                and not value.args and isinstance(value.func.value, ast.Name):
+            return value.func.value.id
+        if isinstance(value, ast.Attribute) and value.attr == "shape" and isinstance(value.value, ast.Name):
+            return value.value.id
+        return None
+
     for stmt in ast.walk(definition):
-        if not isinstance(stmt, ast.Assign):
+        if not isinstance(stmt, ast.Assign) or len(stmt.targets) != 1:
             continue
-        for target in stmt.targets:
-            if isinstance(target, ast.Name) and batch_of(stmt.value) in per_sample:
-                names.add(target.id)
-            elif isinstance(target, ast.Tuple) and target.elts and isinstance(target.elts[0], ast.Name):
-                value = stmt.value
-                if isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and \
-                        value.func.attr == "size" and not value.args:
-                    value = ast.Attribute(value=value.func.value, attr="shape", ctx=ast.Load())
-                if isinstance(value, ast.Attribute) and value.attr == "shape" and \
-                        isinstance(value.value, ast.Name) and value.value.id in per_sample:
-                    names.add(target.elts[0].id)
+        target = stmt.targets[0]
+        if isinstance(target, ast.Name) and batch_of(stmt.value) in per_sample:
+            names[target.id] = (stmt, batch_of(stmt.value))
+        elif isinstance(target, ast.Tuple) and target.elts and isinstance(target.elts[0], ast.Name) and \
+                shape_of(stmt.value) in per_sample:
+            names[target.elts[0].id] = (stmt, shape_of(stmt.value))
     return names
 
 
@@ -418,22 +434,25 @@ class _Analysis:
         site = self._site_statement(stmt)
         end = i + 1
         run_end = i
-        tail: List[ast.stmt] = []
+        index = len(self.sites)
+        load = ast.Load()
+        after = None  # what the stock forward applies to dp's output: `g` in `res + g(dp(B))`
         if site is None:
             separate = self._separate_drop_path_site(body, i, live_out)
             if separate is None:
                 return None
-            target, match, run_end, post, name, mine = separate
-            # the branch: t = B, the statements on t, then g(t)
-            tail = [ast.copy_location(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=match[1]),
-                                      body[run_end])] + post
-            site = (target, (match[0], mine, None, match[3]))
-        target, (drop_path, branch, wrapper, residual) = site
+            target, (drop_path, branch, _, residual), run_end, post, name, mine = separate
+            after = _function(_AFTER.format(index), [name], post + [ast.Return(value=mine)])
+        else:
+            target, (drop_path, branch, wrapper, residual) = site
+            if wrapper is not None:
+                argument = "__droppath_out__"
+                after = _function(_AFTER.format(index), [argument], [ast.Return(value=ast.Call(
+                    func=ast.Attribute(value=ast.Name(id=self.me, ctx=load), attr=wrapper, ctx=load),
+                    args=[ast.Name(id=argument, ctx=load)], keywords=[]))])
         live = (_reads(body[i + 1:]) | live_out) - ({target} if target else set())
         residual_reads = _reads(residual)
         needed = _reads(branch)
-        for later in reversed(tail):
-            needed = (needed - _definitely_assigned(later)) | _reads(later)
         start = run_end
         while start > 0:
             candidate = body[start - 1]
@@ -444,8 +463,14 @@ class _Analysis:
                 break
             needed = (needed - _definitely_assigned(candidate)) | _reads(candidate)
             start -= 1
-        run = body[start:run_end] + tail
-        inputs = sorted((needed - {self.me}) & self.locals)
+        run = body[start:run_end]
+        # Inputs: what the branch reads before assigning it, and is defined before it (a name the branch
+        # assigns on some paths only, and nothing assigns earlier, stays the branch's own local).
+        first_line = (run[0] if run else stmt).lineno
+        defined_before = set(self.parameters) | {
+            n.id for n in ast.walk(self.definition)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and getattr(n, "lineno", first_line) < first_line}
+        inputs = sorted((needed - {self.me}) & self.locals & defined_before)
         gathered = [n for n in inputs if n in self.per_sample]
         shared = [n for n in inputs if n not in self.per_sample]
         line = stmt.lineno
@@ -458,33 +483,56 @@ class _Analysis:
         if not gathered:
             self.skipped.append(f"line {line}: the branch of {drop_path} reads no per-sample input")
             return None
-        if reads_in_branch & self.batch_sizes:
-            names = ", ".join(sorted(reads_in_branch & self.batch_sizes))
-            self.skipped.append(f"line {line}: the branch of {drop_path} reads the batch size ({names})")
-            return None
-        index = len(self.sites)
+        # The batch size the branch reads is the gathered batch's: its shape statement runs again in the branch.
+        again = []
+        for name in sorted(reads_in_branch & set(self.batch_sizes)):
+            statement, source = self.batch_sizes[name]
+            if source not in gathered:
+                self.skipped.append(f"line {line}: the branch of {drop_path} reads the batch size ({name}) "
+                                    f"of a tensor it does not take ({source})")
+                return None
+            if statement not in again:
+                again.append(statement)
+        run = [copy.deepcopy(statement) for statement in again] + run
         self.sites.append(Site(drop_path, gathered, shared, line))
-        nested = ast.FunctionDef(
-            name=_BRANCH.format(index),
-            args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n in gathered + shared], vararg=None,
-                               kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
-            body=run + [ast.Return(value=branch)], decorator_list=[], returns=None, type_comment=None,
-            **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}),
-        )
-        load = ast.Load()
+        # Shared inputs the branch assigns are its arguments; the others it reads from the forward's
+        # scope when it runs (an input that is unset on some paths is then read only where the stock
+        # forward reads it). The site looks at those through `probe`, for tensors of the batch's size.
+        assigned_in_run = set().union(*(_assigned(r) for r in run)) if run else set()
+        passed = [n for n in shared if n in assigned_in_run]
+        closed = [n for n in shared if n not in assigned_in_run]
+        nested = _function(_BRANCH.format(index), gathered + passed, run + [ast.Return(value=branch)])
+        probe = _thunk(ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in closed], ctx=load))
         call = ast.Call(
             func=ast.Name(id=SITE, ctx=load),
             args=[ast.Name(id=self.me, ctx=load), ast.Constant(value=drop_path),
-                  ast.Constant(value=wrapper), residual, ast.Name(id=nested.name, ctx=load),
-                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in gathered], ctx=load),
-                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in shared], ctx=load)],
+                  ast.Name(id=after.name, ctx=load) if after else ast.Constant(value=None), residual,
+                  ast.Name(id=nested.name, ctx=load),
+                  ast.Tuple(elts=[_thunk(ast.Name(id=n, ctx=load)) for n in gathered], ctx=load),
+                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed], ctx=load), probe],
             keywords=[])
         new_stmt = ast.Return(value=call) if target is None else \
             ast.Assign(targets=[ast.Name(id=target, ctx=ast.Store())], value=call)
-        for node in (nested, new_stmt, call):
+        for node in ast.walk(ast.Module(body=[new_stmt], type_ignores=[])):
             ast.copy_location(node, stmt)
-        return start, end, [nested, new_stmt]
+        defined = [nested] + ([after] if after else [])
+        for node in defined:
+            ast.copy_location(node, stmt)
+        return start, end, defined + [new_stmt]
 
 
-def site_summary(sites: Sequence[Site]) -> str:
-    return ", ".join(f"{s.drop_path} (line {s.line})" for s in sites)
+def _function(name: str, arguments: List[str], body: List[ast.stmt]) -> ast.FunctionDef:
+    return ast.FunctionDef(
+        name=name,
+        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n in arguments], vararg=None, kwonlyargs=[],
+                           kw_defaults=[], kwarg=None, defaults=[]),
+        body=body, decorator_list=[], returns=None, type_comment=None,
+        **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}))
+
+
+def _thunk(value: ast.expr) -> ast.Lambda:
+    """``lambda: value``: read when the site runs, so that a name unset on this
+    path (the stock forward does not read it there either) raises there, where
+    the site can tell."""
+    return ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[],
+                                         kwarg=None, defaults=[]), body=value)

@@ -1,24 +1,27 @@
-"""``convert_model``: swap the stochastic-depth modules of timm, torchvision and
-Hugging Face transformers for this package's, and optionally rewrite known
-residual blocks to skip the compute of dropped samples.
+"""``convert_model``: swap the stochastic-depth modules of any library for this
+package's, and optionally fuse residual blocks so that dropped samples'
+branches are never computed.
 
-Replaced: timm's ``DropPath``, torchvision's ``StochasticDepth``, and every
-transformers ``XxxDropPath`` whose class passes a behaviour check
-(``_transformers.py``). Fused (``fuse_residual=True``): timm's ViT ``Block``
-and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's ``CNBlock``
-(``_fused_torchvision.py``), and transformers layers whose forward is one a
-fused form was written for (Dinov2, DINOv3 ViT and the layers sharing their
-forwards, ConvNext, ConvNextV2, Beit, Data2VecVision, Swin:
-``_fused_transformers.py``).
+Replaced: timm's ``DropPath`` and torchvision's ``StochasticDepth`` (known
+exactly), and any module whose class name says stochastic depth (transformers'
+``XxxDropPath``, MONAI's, SAM2's, a research codebase's pasted copy of timm's)
+once a copy of it passed a behaviour check (``_discovery.py``).
+
+Fused (``fuse_residual=True``): hand-written forms where they exist --
+timm's ViT ``Block`` and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's
+``CNBlock`` (``_fused_torchvision.py``), transformers layers whose forward is
+one a form was written for (``_fused_transformers.py``) -- and any other block
+holding a stochastic-depth module whose forward adds it to a residual in the
+usual ways, from a rewrite of that forward (``_rewrite.py``), verified against
+the stock forward on the block's first training call before it is trusted
+(``_fused_generic.py``). Blocks with BatchNorm (batch statistics) are never
+fused.
 
 A fused block is the same object with a new class: a subclass of its own
-class whose ``forward`` comes from a mixin and computes ``x + drop_path(branch(x))``
-with :func:`droppath_ext.drop_path_residual` (the branch on kept samples only
-where :func:`droppath_ext.residual.skip_pays` says so, by default), reading
-the drop rate from the block's own stochastic-depth child on every call.
-Parameters, buffers and state-dict keys are unchanged, eval outputs equal the
-original's bit for bit, and so do training outputs in the masked form
-(float32/float64, same seed, timm and torchvision).
+class whose ``forward`` comes from a mixin, reading the drop rate from the
+block's own stochastic-depth child on every call. Parameters, buffers and
+state-dict keys are unchanged, eval outputs equal the original's bit for bit,
+and so do training outputs in the masked form (float32/float64, same seed).
 """
 
 from __future__ import annotations
@@ -164,20 +167,24 @@ def convert_model(
     skip_dropped: SkipDropped = "auto",
     return_report: bool = False,
 ):
-    """Replace every timm ``DropPath``, torchvision ``StochasticDepth`` and
-    transformers ``XxxDropPath`` in ``model`` (in place) with
+    """Replace every stochastic-depth module in ``model`` (in place) with
     :class:`droppath_ext.DropPath` / :class:`droppath_ext.StochasticDepth`
-    (same probability, ``scale_by_keep`` and mode).
+    (same probability, ``scale_by_keep`` and mode): timm's and torchvision's,
+    and those of any other library that pass a behaviour check.
 
     Args:
         model: any module; converted in place and returned.
-        fuse_residual: also rewrite the residual blocks this function knows
-            (timm ViT ``Block`` and ``ConvNeXtBlock``, torchvision ``CNBlock``,
+        fuse_residual: also fuse residual blocks, so that in training each
+            branch runs on kept samples only: the hand-written forms (timm ViT
+            ``Block`` and ``ConvNeXtBlock``, torchvision ``CNBlock``,
             transformers Dinov2/DINOv3-ViT/ConvNext/ConvNextV2/Beit/
-            Data2VecVision/Swin layers) to use the fused residual op and, in training, run each
-            branch on kept samples only. Blocks whose branch mixes samples
-            (BatchNorm) and unknown blocks are left as they are, logged, and
-            listed in the report with the reason.
+            Data2VecVision/Swin layers), and any block whose forward adds its
+            stochastic-depth module's output to a residual (a rewrite of its
+            forward, verified on its first training call: see
+            :func:`droppath_ext.verify_fused` before ``torch.compile``).
+            Blocks whose branch mixes samples (BatchNorm, or a rewrite that
+            fails its verification) and blocks without such a residual are
+            left as they are, logged, and listed in the report with the reason.
         skip_dropped: with ``fuse_residual``: ``"auto"`` (default) skips dropped
             samples' compute where that is expected to be faster
             (:func:`droppath_ext.residual.skip_pays`: on the CPU, and on CUDA at

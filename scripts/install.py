@@ -175,6 +175,10 @@ def _install_test_dependencies(torch_version: str, cuda: str | None) -> None:
         source = "the package index"
     if installed and _python_out("import torchvision").returncode == 0:
         _pip("install", "--quiet", "timm>=1.0", pin, torchvision)
+        # SAM2 (its image encoder's blocks are fused generically): a source package whose build
+        # compiles an optional CUDA extension unless told not to; built against this torch.
+        os.environ["SAM2_BUILD_CUDA"] = "0"
+        _pip_optional("install", "--quiet", "--no-build-isolation", "sam2", pin, torchvision)
         return
     if installed:  # a torchvision for another torch build came: it would break transformers' imports too
         _say(f"the torchvision pip found ({source} or a mirror) does not import with this torch: removing it")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import droppath_ext as dp
+import small_models
 from conftest import import_or_skip
 
 timm = import_or_skip("timm")
@@ -26,10 +27,12 @@ def _stock(name):
     if name == "timm_vit":
         return timm.create_model("vit_tiny_patch16_224", pretrained=False, drop_path_rate=0.4, img_size=32,
                                  patch_size=8, depth=4, num_classes=10)
+    if name in ("timm_swin", "timm_eva02"):  # (generically fused blocks)
+        return small_models.models(drop_path_rate=0.4)[name]()
     return timm.create_model("convnext_atto", pretrained=False, drop_path_rate=0.4, num_classes=10)
 
 
-MODELS = ["torchvision_convnext", "torchvision_efficientnet", "timm_vit", "timm_convnext"]
+MODELS = ["torchvision_convnext", "torchvision_efficientnet", "timm_vit", "timm_convnext", "timm_swin", "timm_eva02"]
 
 
 def _pair(name, fuse):
@@ -76,7 +79,7 @@ def test_torchvision_feature_extraction_equals_stock(backend, name, fuse):
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
-@pytest.mark.parametrize("name", ["timm_vit", "timm_convnext"])
+@pytest.mark.parametrize("name", ["timm_vit", "timm_convnext", "timm_swin"])
 def test_timm_feature_extraction_forward_backward_and_script(backend, name, fuse):
     """What timm's own test_model_forward_fx / backward_fx / fx_torchscript do."""
     stock, converted = _pair(name, fuse)

@@ -32,7 +32,11 @@ from transformers_families import FAMILIES, build, drop_path_modules, loss_of, m
 DEFAULT = {"dinov2", "dinov3_vit", "convnext", "convnextv2", "swin", "beit", "data2vec"}
 # family -> the number of its layers convert_model fuses (one fused form each)
 FUSED = {"beit": 1, "convnext": 2, "convnextv2": 2, "data2vec": 1, "dinov2": 2, "dinov2_with_registers": 2,
-         "dinov3_vit": 2, "eomt": 2, "eomt_dinov3": 2, "radio": 2, "sapiens2": 2, "swin": 3, "tipsv2": 2}
+         "dinov3_vit": 2, "eomt": 2, "eomt_dinov3": 2, "radio": 2, "sapiens2": 2, "swin": 3, "tipsv2": 2,
+         # generically fused (a rewrite of the layer's own forward, verified on its first training call)
+         "bit": 1, "dinov3_convnext": 2, "florence2": 3, "focalnet": 1, "glpn": 2, "hiera": 1, "mgp_str": 2,
+         "pixio": 2, "poolformer": 2, "pvt": 2, "pvt_v2": 2, "qianfan_ocr": 1, "segformer": 2, "swinv2": 3,
+         "timesformer": 1, "vitdet": 1, "vjepa2": 3, "x_clip": 2}
 FAMILY_PARAMS = [f if f in DEFAULT else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)]
 
 
