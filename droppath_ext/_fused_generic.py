@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import types
 import weakref
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
@@ -52,6 +53,7 @@ from .modules import DropPath, StochasticDepth
 _log = logging.getLogger("droppath_ext")
 
 _REWRITES: Dict[type, _rewrite.Rewrite] = {}
+_FORWARDS: Dict[type, Callable] = {}
 _REPORTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[Any, str]]" = weakref.WeakKeyDictionary()
 
 _VERIFIED = ""
@@ -67,6 +69,13 @@ def rewrite_for(cls: type, block: nn.Module) -> _rewrite.Rewrite:
     if cls not in _REWRITES:
         _REWRITES[cls] = _rewrite.rewrite(cls, _rewrite.drop_path_attributes(block, is_stochastic_depth))
     return _REWRITES[cls]
+
+
+def _rewritten_forward(cls: type, block: nn.Module) -> Callable:
+    """The rewritten forward of ``cls``, its residuals calling :func:`site` (made once per class)."""
+    if cls not in _FORWARDS:
+        _FORWARDS[cls] = rewrite_for(cls, block).make(site)
+    return _FORWARDS[cls]
 
 
 def why_not(block: nn.Module) -> Optional[str]:
@@ -97,6 +106,9 @@ def remember_report(block: nn.Module, report: Any, name: str) -> None:
 class GenericFusedBlock(FusedBlock):
     """The mixin of every generically fused block (see the module doc)."""
 
+    _droppath_sites = frozenset()  # the residuals (indices in the rewrite) verified in skip mode
+    # (not annotated: TorchScript reads class annotations as attribute types)
+
     def _droppath_forward(self, args: tuple, kwargs: dict):
         stock = type(self)._droppath_stock_class.forward
         if not self.training or self._droppath_runs_stock():
@@ -112,8 +124,7 @@ class GenericFusedBlock(FusedBlock):
             verdict = self._droppath_verify(args, kwargs)
         if verdict != _VERIFIED:
             return stock(self, *args, **kwargs)
-        forward = rewrite_for(type(self)._droppath_stock_class, self).make(site)
-        return forward(self, *args, **kwargs)
+        return _rewritten_forward(type(self)._droppath_stock_class, self)(self, *args, **kwargs)
 
     def _droppath_verify(self, args: tuple, kwargs: dict) -> str:
         cls = type(self)._droppath_stock_class
@@ -121,12 +132,17 @@ class GenericFusedBlock(FusedBlock):
             with _verification(self):
                 want = cls.forward(self, *args, **kwargs)
                 global _verifying
-                _verifying = True
+                _verifying = threading.get_ident()
+                _verified_sites.clear()
                 try:
-                    got = rewrite_for(cls, self).make(site)(self, *args, **kwargs)
+                    got = _rewritten_forward(cls, self)(self, *args, **kwargs)
                 finally:
-                    _verifying = False
+                    _verifying = None
             reason = _differs(got, want)
+            if reason is None and not _verified_sites:
+                reason = "no residual could run in skip mode on these inputs (an input that carries samples " \
+                         "is not a tensor of the batch's samples)"
+            self._droppath_sites = frozenset(_verified_sites)
         except Exception as error:  # noqa: BLE001 - any failure of the rewrite: the stock forward, for good
             reason = f"the rewritten forward raised {type(error).__name__}: {error}"
         verdict = _VERIFIED if reason is None else \
@@ -141,8 +157,16 @@ def _verifiable(tensors: list) -> bool:
     return bool(tensors) and tensors[0].dim() > 0 and tensors[0].shape[0] >= 2
 
 
-_verifying = False
-"""True while a rewrite runs for its verification: every site skips, with the forced mask."""
+_verifying: Optional[int] = None
+"""The thread whose rewrite runs for its verification (its sites skip, with the forced mask), or None."""
+
+
+_verified_sites: set = set()
+"""The residuals (their indices in the rewrite) that skipped in the running verification."""
+
+
+def _verifying_here() -> bool:
+    return _verifying is not None and _verifying == threading.get_ident()
 
 
 def _forced(batch: int, dtype: torch.dtype) -> Tensor:
@@ -153,11 +177,15 @@ def _forced(batch: int, dtype: torch.dtype) -> Tensor:
 @contextlib.contextmanager
 def _verification(block: nn.Module) -> Iterator[None]:
     """The verification's world: forced masks in the block's stochastic-depth
-    modules and skip-mode draws, dropout off, no autograd, forked random
-    streams, the block's buffers as they were afterwards."""
+    children and skip-mode draws, dropout and deeper stochastic-depth modules
+    off, no autograd, forked random streams, the block's buffers as they were
+    afterwards."""
     saved = [(b, b.detach().clone()) for b in block.buffers()]
     dropouts = [(m, m.p) for m in block.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    depths = [m for m in block.modules() if is_stochastic_depth(m)]
+    # The block's own stochastic-depth modules apply the forced mask; deeper ones (a DropPath used as
+    # dropout inside a branch) are off, as dropout is: in skip mode they would see fewer samples.
+    depths = [m for m in block.children() if is_stochastic_depth(m)]
+    inner = [m for m in block.modules() if is_stochastic_depth(m) and m not in depths]
     devices = sorted({b.device.index or 0 for b in list(block.parameters()) + [t for t, _ in saved]
                       if b.device.type == "cuda"})
 
@@ -169,17 +197,23 @@ def _verification(block: nn.Module) -> Iterator[None]:
             module.p = 0.0
         for module in depths:
             module.forward = forced_drop_path
-        residual._forced_factors = _forced
+        for module in inner:
+            module.forward = _identity
+        residual._forced_factors = (threading.get_ident(), _forced)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             yield
     finally:
         residual._forced_factors = None
-        for module in depths:
+        for module in depths + inner:
             module.__dict__.pop("forward", None)
         for module, p in dropouts:
             module.p = p
         for buffer, value in saved:
             buffer.copy_(value)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def _differs(got: Any, want: Any, where: str = "output") -> Optional[str]:
@@ -244,12 +278,16 @@ def _settings(module: nn.Module) -> Optional[Tuple[float, bool]]:
     return None
 
 
-def site(block: nn.Module, drop_path: str, after: Optional[Callable], res: Any, branch: Callable,
+def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable], res: Any, branch: Callable,
          gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple]):
     """One rewritten residual: ``res + dp(branch(*gathered, *shared))`` (or
     ``res + after(dp(...))``: a layer scale or gains the stock forward applies
     after drop path), the branch run on the kept samples where skip mode
-    applies (``after`` then runs on them, before the scale by the mask).
+    applies (``after`` then runs on them, before the scale by the mask). A
+    residual skips only if it skipped in the block's verification (``index``
+    is in its ``_droppath_sites``); where it cannot (an input that carries
+    samples is not a tensor of the batch's samples) it computes the stock
+    expression, then as in verification.
 
     ``gathered`` reads the inputs derived from samples (each when the site
     runs: one unset on this path is passed as unset, the branch does not read
@@ -263,10 +301,13 @@ def site(block: nn.Module, drop_path: str, after: Optional[Callable], res: Any, 
         drop_prob, scale_by_keep = settings
         batch = res.shape[0]
         rows = _rows_to_take(values, batch)
-        if rows is None or (not _verifying and (drop_prob == 0.0 or not _unambiguous(shared + _shared(probe), batch))):
+        verifying = _verifying_here()
+        if rows is None or (not verifying and (drop_prob == 0.0 or index not in block._droppath_sites or
+                                               not _unambiguous(shared + _shared(probe), batch))):
             mode = None
-        elif _verifying:
-            mode = "compiled" if torch.compiler.is_compiling() else "eager"
+        elif verifying:
+            mode = "eager"
+            _verified_sites.add(index)
         else:
             mode = residual._skip_mode(block._droppath_policy(drop_prob), values[rows[0]], res, batch, drop_prob, None)
         if mode is not None:
@@ -279,15 +320,8 @@ def site(block: nn.Module, drop_path: str, after: Optional[Callable], res: Any, 
 
             inputs = tuple(values[position] for position in rows)
             return residual.skip_residual(mode, inputs, res, branch_fn, 0, drop_prob, scale_by_keep)
-        elif _verifying:
-            raise _NotSkippable("an input of the branch that carries samples is not a tensor of the batch's "
-                                "samples, or one it takes whole has the batch's size")
     out = dp(branch(*values, *shared))
     return res + (after(out) if after is not None else out)
-
-
-class _NotSkippable(RuntimeError):
-    pass
 
 
 _UNSET = object()

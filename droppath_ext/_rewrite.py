@@ -37,7 +37,6 @@ the stock forward before it is used.
 from __future__ import annotations
 
 import ast
-import copy
 import inspect
 import re
 import textwrap
@@ -48,8 +47,10 @@ DROP_PATH_ATTRIBUTE = re.compile(r"(drop_?path|stochastic_?depth|droppath)\w*", 
 """Attribute names that hold a stochastic-depth module (or nn.Identity at rate 0)."""
 
 SITE = "__droppath_site__"
+SAMPLES = "__droppath_samples__"
 _BRANCH = "__droppath_branch_{}__"
 _AFTER = "__droppath_after_{}__"
+_BATCH = "__droppath_batch_{}__"
 _FACTORY = "__droppath_factory__"
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout", "requires_grad"}
 _SHAPE_METHODS = {"size", "dim", "numel", "type", "is_contiguous", "stride", "element_size", "get_device"}
@@ -125,7 +126,8 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     freevars = function.__code__.co_freevars
     factory = ast.FunctionDef(
         name=_FACTORY,
-        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=SITE)] + [ast.arg(arg=v) for v in freevars],
+        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=SITE), ast.arg(arg=SAMPLES)] +
+                           [ast.arg(arg=v) for v in freevars],
                            vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
         body=[definition, ast.Return(value=ast.Name(id=definition.name, ctx=ast.Load()))],
         decorator_list=[], returns=None, type_comment=None,
@@ -141,7 +143,7 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     cells = tuple(cell.cell_contents for cell in (function.__closure__ or ()))
 
     def make(site: Callable) -> Callable:
-        forward = make_forward(site, *cells)
+        forward = make_forward(site, samples, *cells)
         forward.__defaults__ = function.__defaults__
         forward.__kwdefaults__ = function.__kwdefaults__
         return forward
@@ -377,6 +379,12 @@ class _Analysis:
                 return stmt.target.id, (*found, ast.Name(id=stmt.target.id, ctx=ast.Load()))
         if isinstance(stmt, ast.Return) and stmt.value is not None:
             match = self._match_residual(stmt.value)
+            if match is None and isinstance(stmt.value, ast.Tuple):  # `return res + dp(B), other, ...`
+                found = [(k, self._match_residual(e)) for k, e in enumerate(stmt.value.elts)]
+                found = [(k, m) for k, m in found if m is not None]
+                if len(found) == 1 and not any(self._contains_drop_path(e) for k, e in
+                                               enumerate(stmt.value.elts) if k != found[0][0]):
+                    return (found[0][0], found[0][1])
             return (None, match) if match else None
         return None
 
@@ -450,7 +458,9 @@ class _Analysis:
                 after = _function(_AFTER.format(index), [argument], [ast.Return(value=ast.Call(
                     func=ast.Attribute(value=ast.Name(id=self.me, ctx=load), attr=wrapper, ctx=load),
                     args=[ast.Name(id=argument, ctx=load)], keywords=[]))])
-        live = (_reads(body[i + 1:]) | live_out) - ({target} if target else set())
+        live = (_reads(body[i + 1:]) | live_out) - ({target} if isinstance(target, str) else set())
+        if isinstance(target, int):  # (the tuple's other elements are read after the branch)
+            live |= _reads([e for k, e in enumerate(stmt.value.elts) if k != target])
         residual_reads = _reads(residual)
         needed = _reads(branch)
         start = run_end
@@ -483,17 +493,19 @@ class _Analysis:
         if not gathered:
             self.skipped.append(f"line {line}: the branch of {drop_path} reads no per-sample input")
             return None
-        # The batch size the branch reads is the gathered batch's: its shape statement runs again in the branch.
-        again = []
-        for name in sorted(reads_in_branch & set(self.batch_sizes)):
-            statement, source = self.batch_sizes[name]
-            if source not in gathered:
+        # A batch size the branch reads is, in the branch, the number of samples it computes.
+        batch_names = sorted(reads_in_branch & set(self.batch_sizes))
+        for name in batch_names:
+            source = self.batch_sizes[name][1]
+            if source not in gathered and source not in self.per_sample:
                 self.skipped.append(f"line {line}: the branch of {drop_path} reads the batch size ({name}) "
                                     f"of a tensor it does not take ({source})")
                 return None
-            if statement not in again:
-                again.append(statement)
-        run = [copy.deepcopy(statement) for statement in again] + run
+        outer_batch = [_BATCH.format(k) for k in range(len(batch_names))]  # (the forward's own, as thunks)
+        run = [ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Call(
+            func=ast.Name(id=SAMPLES, ctx=ast.Load()),
+            args=[ast.Name(id=outer, ctx=ast.Load())] + [ast.Name(id=n, ctx=ast.Load()) for n in gathered],
+            keywords=[])) for name, outer in zip(batch_names, outer_batch)] + run
         self.sites.append(Site(drop_path, gathered, shared, line))
         # Shared inputs the branch assigns are its arguments; the others it reads from the forward's
         # scope when it runs (an input that is unset on some paths is then read only where the stock
@@ -501,24 +513,42 @@ class _Analysis:
         assigned_in_run = set().union(*(_assigned(r) for r in run)) if run else set()
         passed = [n for n in shared if n in assigned_in_run]
         closed = [n for n in shared if n not in assigned_in_run]
-        nested = _function(_BRANCH.format(index), gathered + passed, run + [ast.Return(value=branch)])
+        nested = _function(_BRANCH.format(index), gathered + passed + outer_batch, run + [ast.Return(value=branch)])
         probe = _thunk(ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in closed], ctx=load))
         call = ast.Call(
             func=ast.Name(id=SITE, ctx=load),
-            args=[ast.Name(id=self.me, ctx=load), ast.Constant(value=drop_path),
+            args=[ast.Name(id=self.me, ctx=load), ast.Constant(value=index), ast.Constant(value=drop_path),
                   ast.Name(id=after.name, ctx=load) if after else ast.Constant(value=None), residual,
                   ast.Name(id=nested.name, ctx=load),
                   ast.Tuple(elts=[_thunk(ast.Name(id=n, ctx=load)) for n in gathered], ctx=load),
-                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed], ctx=load), probe],
+                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed] +
+                            [_thunk(ast.Name(id=n, ctx=load)) for n in batch_names], ctx=load), probe],
             keywords=[])
-        new_stmt = ast.Return(value=call) if target is None else \
-            ast.Assign(targets=[ast.Name(id=target, ctx=ast.Store())], value=call)
+        if isinstance(target, int):  # one element of a returned tuple
+            elements = list(stmt.value.elts)
+            elements[target] = call
+            new_stmt = ast.Return(value=ast.Tuple(elts=elements, ctx=load))
+        elif target is None:
+            new_stmt = ast.Return(value=call)
+        else:
+            new_stmt = ast.Assign(targets=[ast.Name(id=target, ctx=ast.Store())], value=call)
         for node in ast.walk(ast.Module(body=[new_stmt], type_ignores=[])):
             ast.copy_location(node, stmt)
         defined = [nested] + ([after] if after else [])
         for node in defined:
             ast.copy_location(node, stmt)
         return start, end, defined + [new_stmt]
+
+
+def samples(outer: Callable[[], int], *values) -> int:
+    """In a branch, the batch size it reads (``B`` of ``B, N, C = x.shape``):
+    the first size of its first tensor input, the samples it computes; the
+    forward's own ``B`` (``outer()``) where it takes no tensor (then it runs
+    on every sample)."""
+    for value in values:
+        if hasattr(value, "shape") and len(value.shape) > 0:
+            return value.shape[0]
+    return outer()
 
 
 def _function(name: str, arguments: List[str], body: List[ast.stmt]) -> ast.FunctionDef:

@@ -36,7 +36,10 @@ FUSED = {"beit": 1, "convnext": 2, "convnextv2": 2, "data2vec": 1, "dinov2": 2, 
          # generically fused (a rewrite of the layer's own forward, verified on its first training call)
          "bit": 1, "dinov3_convnext": 2, "florence2": 3, "focalnet": 1, "glpn": 2, "hiera": 1, "mgp_str": 2,
          "pixio": 2, "poolformer": 2, "pvt": 2, "pvt_v2": 2, "qianfan_ocr": 1, "segformer": 2, "swinv2": 3,
-         "timesformer": 1, "vitdet": 1, "vjepa2": 3, "x_clip": 2}
+         "timesformer": 1, "vitdet": 1, "vjepa2": 3, "x_clip": 2, "maskformer": 2}
+# family -> what draws random numbers inside its branches (skip mode draws them for the kept samples
+# only, so the same seed gives other numbers there: each form exact, not the same draws)
+RANDOM_BRANCH = {"poolformer": "PoolFormerOutput applies the layer's drop-path rate as a DropPath inside the MLP"}
 FAMILY_PARAMS = [f if f in DEFAULT else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)]
 
 
@@ -122,16 +125,18 @@ def test_family_converts_exactly(family):
     # Fused, in skip mode: the same draws (nothing else random in the branches).
     fused, fused_report = dp.convert_model(copy.deepcopy(pristine), fuse_residual=True, skip_dropped=True,
                                            return_report=True)
-    assert len(fused_report.fused) == FUSED.get(family, 0), fused_report
-    assert set(fused_report.unfused) == set(fused_report.reasons), fused_report
     converted_plain = dp.convert_model(copy.deepcopy(pristine))
     with torch.no_grad():
         fused.eval()
         assert torch.equal(main_output(fused(**inputs)), want), "fused eval output"
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
         got = _train_step(fused, inputs, seed=5)
+    # (after the first training step: a generically fused layer whose verification failed is reported unfused)
+    assert len(fused_report.fused) == FUSED.get(family, 0), fused_report
+    assert set(fused_report.unfused) == set(fused_report.reasons), fused_report
     assert skip.called == (family in FUSED)
-    _assert_same_training(got, _train_step(converted_plain, inputs, seed=5), "fused (skip) vs unfused")
+    if family not in RANDOM_BRANCH:
+        _assert_same_training(got, _train_step(converted_plain, inputs, seed=5), "fused (skip) vs unfused")
 
 
 def test_the_check_leaves_a_drop_path_that_is_not_equivalent_alone():
