@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import droppath_ext as dp
+from droppath_ext import residual
 
 STEPS = 20
 BATCH = 2
@@ -85,14 +86,25 @@ def worker(rank, port, mode, out_dir):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
     # 2. Training: 20 steps at drop_path_rate 0.5, batch 2 per rank, seeded per rank.
-    model = dp.convert_model(_model(), fuse_residual=True).train()
+    #    skip_dropped=True: skip mode even with the counting hooks below (under
+    #    "auto" a hook in a fused branch selects the masked form).
+    model = dp.convert_model(_model(), fuse_residual=True, skip_dropped=True).train()
     wrapped = _wrap(model, mode)
     optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.01)
     torch.manual_seed(rank)  # different masks on each rank, as timm's train script does
-    all_dropped_calls = [0]  # blocks whose MLP branch ran on an empty batch (all samples dropped)
+    all_dropped_calls = [0]  # draws that dropped every sample of a block on this rank
+    skipped_calls = [0]  # MLP branches that ran on fewer rows than the batch
+    draw = residual._draw
+
+    def counting_draw(*args):
+        factors, host_factors = draw(*args)
+        all_dropped_calls[0] += bool((host_factors == 0).all())
+        return factors, host_factors
+
+    residual._draw = counting_draw
     for block in model.blocks:
         block.mlp.register_forward_pre_hook(
-            lambda module, args: all_dropped_calls.__setitem__(0, all_dropped_calls[0] + (args[0].shape[0] == 0)))
+            lambda module, args: skipped_calls.__setitem__(0, skipped_calls[0] + (args[0].shape[0] < BATCH)))
     for _ in range(STEPS):
         x = torch.randn(BATCH, 3, 32, 32, generator=data)
         y = torch.randint(0, 10, (BATCH,), generator=data)
@@ -101,7 +113,9 @@ def worker(rank, port, mode, out_dir):
         loss.backward()
         optimizer.step()
         assert torch.isfinite(loss)
-    torch.save({"params": _full_params(model, mode), "all_dropped_calls": all_dropped_calls[0]},
+    residual._draw = draw
+    torch.save({"params": _full_params(model, mode), "all_dropped_calls": all_dropped_calls[0],
+                "skipped_calls": skipped_calls[0]},
                os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
