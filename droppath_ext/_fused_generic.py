@@ -57,7 +57,7 @@ _FORWARDS: Dict[type, Callable] = {}
 _REPORTS: "weakref.WeakKeyDictionary[nn.Module, Tuple[Any, str]]" = weakref.WeakKeyDictionary()
 
 _VERIFIED = ""
-"""``_droppath_verdict`` of a block whose rewrite was verified (a failed one holds the reason)."""
+"""The verdict (``_state``) of a block whose rewrite was verified (a failed one holds the reason)."""
 
 
 def is_stochastic_depth(module: nn.Module) -> bool:
@@ -98,16 +98,15 @@ def fused_forward(cls: type) -> Callable:
     return functools.update_wrapper(forward, stock)
 
 
-def remember_report(block: nn.Module, report: Any, name: str) -> None:
-    """Where a failed verification of ``block`` is to be reported."""
+def prepare(block: nn.Module, report: Any, name: str) -> None:
+    """A newly fused ``block``: its verification state, unverified, and where a
+    failed verification is to be reported."""
+    block.__dict__["_droppath_state"] = {}
     _REPORTS[block] = (weakref.ref(report), name)
 
 
 class GenericFusedBlock(FusedBlock):
     """The mixin of every generically fused block (see the module doc)."""
-
-    _droppath_sites = frozenset()  # the residuals (indices in the rewrite) verified in skip mode
-    # (not annotated: TorchScript reads class annotations as attribute types)
 
     def _droppath_forward(self, args: tuple, kwargs: dict):
         stock = type(self)._droppath_stock_class.forward
@@ -117,7 +116,7 @@ class GenericFusedBlock(FusedBlock):
         compiling = torch.compiler.is_compiling()
         if not compiling and not _tracing.plain_eager(*tensors):
             return stock(self, *args, **kwargs)
-        verdict = self.__dict__.get("_droppath_verdict")
+        verdict = _state(self).get("verdict")
         if verdict is None:
             if compiling or not _verifiable(tensors):
                 return stock(self, *args, **kwargs)
@@ -131,23 +130,21 @@ class GenericFusedBlock(FusedBlock):
         try:
             with _verification(self):
                 want = cls.forward(self, *args, **kwargs)
-                global _verifying
-                _verifying = threading.get_ident()
-                _verified_sites.clear()
+                sites = _verifying[threading.get_ident()] = set()
                 try:
                     got = _rewritten_forward(cls, self)(self, *args, **kwargs)
                 finally:
-                    _verifying = None
+                    del _verifying[threading.get_ident()]
             reason = _differs(got, want)
-            if reason is None and not _verified_sites:
+            if reason is None and not sites:
                 reason = "no residual could run in skip mode on these inputs (an input that carries samples " \
                          "is not a tensor of the batch's samples)"
-            self._droppath_sites = frozenset(_verified_sites)
+            _state(self)["sites"] = frozenset(sites)
         except Exception as error:  # noqa: BLE001 - any failure of the rewrite: the stock forward, for good
             reason = f"the rewritten forward raised {type(error).__name__}: {error}"
         verdict = _VERIFIED if reason is None else \
             f"{cls.__name__}: skip mode was not verified ({reason}); the stock forward runs"
-        self._droppath_verdict = verdict
+        _state(self)["verdict"] = verdict
         if verdict != _VERIFIED:
             _reject(self, verdict)
         return verdict
@@ -157,16 +154,30 @@ def _verifiable(tensors: list) -> bool:
     return bool(tensors) and tensors[0].dim() > 0 and tensors[0].shape[0] >= 2
 
 
-_verifying: Optional[int] = None
-"""The thread whose rewrite runs for its verification (its sites skip, with the forced mask), or None."""
+def _state(block: nn.Module) -> Dict[str, Any]:
+    """The block's verification state: ``verdict`` (``_VERIFIED`` or the
+    reason it failed; absent until verified) and ``sites`` (the residuals, by
+    index in the rewrite, verified in skip mode). One dict object, set at
+    conversion: the shallow copies ``nn.DataParallel`` makes of the block
+    each call share it, so a replica's verification holds for the block."""
+    state = block.__dict__.get("_droppath_state")
+    if state is None:  # (set at conversion; a block fused by hand gets it here)
+        state = block.__dict__["_droppath_state"] = {}
+    return state
 
 
-_verified_sites: set = set()
-"""The residuals (their indices in the rewrite) that skipped in the running verification."""
+def _verified_sites(block: nn.Module) -> frozenset:
+    return _state(block).get("sites", frozenset())
 
 
-def _verifying_here() -> bool:
-    return _verifying is not None and _verifying == threading.get_ident()
+_verifying: Dict[int, set] = {}
+"""For each thread whose rewrite runs for its verification (its sites skip,
+with the forced mask): the residuals (their indices in the rewrite) that
+skipped so far."""
+
+
+def _verifying_here() -> Optional[set]:
+    return _verifying.get(threading.get_ident()) if _verifying else None
 
 
 def _forced(batch: int, dtype: torch.dtype) -> Tensor:
@@ -199,11 +210,11 @@ def _verification(block: nn.Module) -> Iterator[None]:
             module.forward = forced_drop_path
         for module in inner:
             module.forward = _identity
-        residual._forced_factors = (threading.get_ident(), _forced)
+        residual._forced_factors[threading.get_ident()] = _forced
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             yield
     finally:
-        residual._forced_factors = None
+        residual._forced_factors.pop(threading.get_ident(), None)
         for module in depths + inner:
             module.__dict__.pop("forward", None)
         for module, p in dropouts:
@@ -285,7 +296,7 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
     after drop path), the branch run on the kept samples where skip mode
     applies (``after`` then runs on them, before the scale by the mask). A
     residual skips only if it skipped in the block's verification (``index``
-    is in its ``_droppath_sites``); where it cannot (an input that carries
+    is among its verified ``sites``); where it cannot (an input that carries
     samples is not a tensor of the batch's samples) it computes the stock
     expression, then as in verification.
 
@@ -302,12 +313,12 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
         batch = res.shape[0]
         rows = _rows_to_take(values, batch)
         verifying = _verifying_here()
-        if rows is None or (not verifying and (drop_prob == 0.0 or index not in block._droppath_sites or
+        if rows is None or (verifying is None and (drop_prob == 0.0 or index not in _verified_sites(block) or
                                                not _unambiguous(shared + _shared(probe), batch))):
             mode = None
-        elif verifying:
+        elif verifying is not None:
             mode = "eager"
-            _verified_sites.add(index)
+            verifying.add(index)
         else:
             mode = residual._skip_mode(block._droppath_policy(drop_prob), values[rows[0]], res, batch, drop_prob, None)
         if mode is not None:
@@ -393,6 +404,6 @@ def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
             module.training = mode
     result = {}
     for name, block in blocks.items():
-        verdict = block.__dict__.get("_droppath_verdict")
+        verdict = _state(block).get("verdict")
         result[name] = None if verdict == _VERIFIED else (verdict or "not called with two or more samples")
     return result

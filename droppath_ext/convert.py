@@ -232,7 +232,7 @@ def convert_model(
             module.__class__ = _fused_class(type(module), mixin)
             report.fused.append(name)
             if mixin is _fused_generic.GenericFusedBlock:
-                _fused_generic.remember_report(module, report, name)
+                _fused_generic.prepare(module, report, name)
     for name in report.unfused + report.not_replaced:
         _log.info("convert_model: left %r as it is: %s", name, report.reasons[name])
     return (model, report) if return_report else model

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -235,19 +235,21 @@ def _skip_compiled(inputs, res, branch_fn, dim, drop_prob, scale_by_keep) -> Ten
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
 
 
-_forced_factors: Optional[tuple[int, Callable[[int, torch.dtype], Tensor]]] = None
-"""Set while a generically fused block verifies its rewrite (``_fused_generic``):
-(the verifying thread, the host factors every skip-mode draw of that thread
-returns, as a function of the batch size and the factors' dtype) instead of
-a random draw."""
+_forced_factors: Dict[int, Callable[[int, torch.dtype], Tensor]] = {}
+"""Filled while generically fused blocks verify their rewrites
+(``_fused_generic``): for each verifying thread, the host factors every
+skip-mode draw of that thread returns, as a function of the batch size and
+the factors' dtype, instead of a random draw (per thread: ``nn.DataParallel``
+replicas verify in threads of their own)."""
 
 
 def _draw(x, dim, drop_prob, scale_by_keep, generator) -> tuple[Optional[Tensor], Tensor]:
     """(factors on x's device or None, the same factors on the host)."""
     backend = functional._backend
-    if _forced_factors is not None and _forced_factors[0] == threading.get_ident():
+    forced = _forced_factors.get(threading.get_ident()) if _forced_factors else None
+    if forced is not None:
         math = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return None, _forced_factors[1](x.shape[dim], math)
+        return None, forced(x.shape[dim], math)
     if x.device.type == "cpu" or generator is not None:
         factors = backend.sample_factors(x, drop_prob, scale_by_keep, dim, None, generator)
         return factors, factors.cpu()  # a device copy synchronises: only with a device generator

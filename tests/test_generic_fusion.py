@@ -41,7 +41,7 @@ def _assert_same_training(got, want, rtol=1e-4, atol=1e-5):
 
 
 def _verdicts(model):
-    return {name: m.__dict__.get("_droppath_verdict") for name, m in model.named_modules()
+    return {name: m.__dict__["_droppath_state"].get("verdict") for name, m in model.named_modules()
             if isinstance(m, _fused_generic.GenericFusedBlock)}
 
 
@@ -262,7 +262,56 @@ def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
         streams.append(torch.rand(4))
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(streams[0], streams[1])
     assert first.calls.item() == 1 and first.drop.p == 0.3
-    assert first.__dict__["_droppath_verdict"] == ""
+    assert first.__dict__["_droppath_state"]["verdict"] == ""
+
+
+def test_data_parallel_replicas_share_the_verdict_and_threads_verify_apart():
+    import threading
+
+    class Rendezvous(nn.Module):
+        """Holds each call until the other thread makes its own: the two verifications interleave."""
+
+        def __init__(self, barrier):
+            super().__init__()
+            self.barrier = barrier
+
+        def forward(self, x):
+            self.barrier.wait(timeout=60)
+            return x
+
+    class Block(nn.Module):
+        def __init__(self, barrier):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.meet = Rendezvous(barrier)
+            self.drop_path = dp.DropPath(0.5)
+
+        def forward(self, x):
+            return x + self.drop_path(self.meet(self.fc(x)))
+
+    barrier = threading.Barrier(2)
+    blocks = [dp.convert_model(Block(barrier), fuse_residual=True).train() for _ in range(2)]
+    # What nn.DataParallel runs each call: a shallow replica of each module, in a thread of its own.
+    replicas = [b._replicate_for_data_parallel() for b in blocks]
+    for replica, block in zip(replicas, blocks):
+        replica._modules = dict(block._modules)
+    errors = []
+
+    def run(replica):
+        try:
+            replica(torch.randn(6, 4))
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in replicas]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    # Each verified on its own thread, and the blocks the replicas came from hold the verdict.
+    assert [b.__dict__["_droppath_state"].get("verdict") for b in blocks] == ["", ""]
+    assert not residual._forced_factors and not _fused_generic._verifying
 
 
 def test_generic_blocks_script_pickle_and_keep_the_stock_signature(tmp_path):
@@ -281,7 +330,7 @@ def test_generic_blocks_script_pickle_and_keep_the_stock_signature(tmp_path):
     torch.save(model, path)
     loaded = torch.load(path, weights_only=False)
     assert type(loaded.stage1[0]).__name__ == type(block).__name__
-    assert loaded.stage1[0].__dict__["_droppath_verdict"] == ""
+    assert loaded.stage1[0].__dict__["_droppath_state"]["verdict"] == ""
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), model(x))
 
