@@ -13,7 +13,9 @@ itself would never be called. So while any such hook exists (forward,
 forward-pre or backward hooks on any module under the block, or global module
 hooks), a block whose policy is ``"auto"`` or ``False`` runs the stock block's
 own forward, with this package's stochastic-depth modules: every hook sees
-what it sees in the stock model. ``skip_dropped=True`` keeps skip mode with
+what it sees in the stock model (the global hooks of torch's
+``ModuleTracker``, which ``FlopCounterMode`` registers, record only which
+modules run, and do not count). ``skip_dropped=True`` keeps skip mode with
 hooks (they then see the computed rows). The check reads a few dicts per
 submodule and runs per call, so hooks added or removed at any time count.
 """
@@ -32,12 +34,24 @@ _COMPILED_CONV_MIN_RATE = 0.1
 _MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
+def _tracks_calls_only(hook) -> bool:
+    """A global hook of torch's ``ModuleTracker`` (``FlopCounterMode`` uses
+    one): it records which modules run, which skip mode does not change."""
+    try:
+        from torch.utils.module_tracker import ModuleTracker
+    except ImportError:  # pragma: no cover - torch without it
+        return False
+    return isinstance(getattr(hook, "__self__", None), ModuleTracker)
+
+
 def hooks_inside(block: nn.Module) -> bool:
     """A module hook that would see the branch: on any module under ``block``
     (not ``block`` itself, whose hooks see its whole input and output either
-    way), or a global one."""
-    if any(getattr(nn.modules.module, name) for name in _GLOBAL_HOOKS):
-        return True
+    way), or a global one (but a module tracker's)."""
+    for name in _GLOBAL_HOOKS:
+        hooks = getattr(nn.modules.module, name)
+        if hooks and not all(_tracks_calls_only(h) for h in hooks.values()):
+            return True
     for module in block.modules():
         if module is not block and any(getattr(module, name, None) for name in _MODULE_HOOKS):
             return True

@@ -50,6 +50,32 @@ def _function_modes_active() -> bool:
     return any(not isinstance(mode, DeviceContext) for mode in _get_current_function_mode_stack())
 
 
+def _observing_mode_types() -> tuple:
+    """Dispatch modes that only observe the ops of real tensors: the values
+    and shapes they see are the real ones, and nothing is recorded to be
+    replayed. ``FlopCounterMode`` (its dispatch mode): under it skip mode
+    runs, and the flops counted are the ones computed."""
+    try:
+        from torch.utils import flop_counter
+    except ImportError:  # pragma: no cover - torch without it
+        return ()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    return tuple(cls for cls in (getattr(flop_counter, "_FlopCounterMode", None), flop_counter.FlopCounterMode)
+                 if isinstance(cls, type) and issubclass(cls, TorchDispatchMode))
+
+
+def _recording_dispatch_modes() -> bool:
+    """A TorchDispatchMode other than the observing ones: FakeTensorMode,
+    make_fx's proxy mode, functionalization, ..."""
+    if torch._C._len_torch_dispatch_stack() == 0:
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    observing = _observing_mode_types()
+    return not observing or any(not isinstance(mode, observing) for mode in _get_current_dispatch_mode_stack())
+
+
 def _cuda_capturing(tensors: tuple) -> bool:
     """A CUDA graph is being captured on the current stream (asked only when a
     tensor is on CUDA: the query needs a working CUDA context)."""
@@ -74,7 +100,7 @@ def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
             return "meta tensors"
     if _functorch_active():
         return "a torch.func transform"
-    if torch._C._len_torch_dispatch_stack() > 0:
+    if _recording_dispatch_modes():
         return "a TorchDispatchMode (FakeTensorMode, make_fx, ...)"
     if _function_modes_active():
         return "a TorchFunctionMode"

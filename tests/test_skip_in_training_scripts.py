@@ -5,6 +5,7 @@ built on the meta device. Each case compares with the stock model (or the
 eager step) for the same seed; compiled cases use ``fallback_random=True`` so
 Inductor draws what eager draws."""
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -351,6 +352,31 @@ def test_a_global_module_hook_makes_fused_blocks_run_the_stock_forward():
     finally:
         handle.remove()
     assert not skip.called and rows and set(rows) == {8}
+
+
+def test_flop_counter_mode_counts_the_flops_skip_mode_computes():
+    """FlopCounterMode (a dispatch mode that observes real tensors, with a
+    ModuleTracker's global hooks) leaves skip mode on: the step is the masked
+    form's for the same seed, with fewer flops, in hand-written and generic blocks."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import research_model
+
+    def counted(model, x):
+        with FlopCounterMode(display=False) as counter:
+            step = _step(model, x, 3)
+        return step, counter.get_total_flops()
+
+    torch.manual_seed(0)
+    models = {"vit": (_vit(), torch.randn(8, 3, 32, 32)),
+              "research": (research_model.ResearchNet(drop_path_rate=0.9), torch.randn(8, 3, 16, 16))}
+    for name, (model, x) in models.items():
+        masked = dp.convert_model(copy.deepcopy(model), fuse_residual=True, skip_dropped=False).train()
+        fused = dp.convert_model(model, fuse_residual=True).train()
+        dp.verify_fused(fused, x)
+        (got, got_flops), (want, want_flops) = counted(fused, x), counted(masked, x)
+        _assert_same_step(got, want)
+        assert got_flops < 0.8 * want_flops, (name, got_flops, want_flops)
 
 
 def test_hooks_inside_a_fused_transformers_layer_see_the_whole_batch():
