@@ -23,7 +23,9 @@ samples: the stock forward and the rewritten one in skip mode run on the
 same inputs with the same forced mask (even samples kept, scaled by 2; odd
 ones dropped), dropout set to 0, no autograd, the block's buffers restored
 afterwards and the random streams forked, so the user's training and random
-stream are unchanged; the outputs must agree to rounding. A branch that mixes
+stream are unchanged; the outputs must agree to rounding. Stochastic depth
+nested deeper in the block is off meanwhile, as dropout is (a generically
+fused block in its branch runs its stock forward). A branch that mixes
 samples (a batch mean, batch statistics) computes something else on half the
 batch and fails; so does a rewrite that raises. A failed block runs the
 stock forward from then on; the reason is logged and moved into the
@@ -116,6 +118,9 @@ class GenericFusedBlock(FusedBlock):
         compiling = torch.compiler.is_compiling()
         if not compiling and not _tracing.plain_eager(*tensors):
             return stock(self, *args, **kwargs)
+        if _verifying_block and _verifying_block.get(threading.get_ident(), self) is not self:
+            # Inside another block's verification: its deeper stochastic depth is off, this block's too.
+            return stock(self, *args, **kwargs)
         verdict = _state(self).get("verdict")
         if verdict is None:
             if compiling or not _verifiable(tensors):
@@ -170,6 +175,10 @@ def _verified_sites(block: nn.Module) -> frozenset:
     return _state(block).get("sites", frozenset())
 
 
+_verifying_block: Dict[int, nn.Module] = {}
+"""For each thread verifying a block: the block (blocks nested in its branch run the stock forward)."""
+
+
 _verifying: Dict[int, set] = {}
 """For each thread whose rewrite runs for its verification (its sites skip,
 with the forced mask): the residuals (their indices in the rewrite) that
@@ -211,10 +220,12 @@ def _verification(block: nn.Module) -> Iterator[None]:
         for module in inner:
             module.forward = _identity
         residual._forced_factors[threading.get_ident()] = _forced
+        _verifying_block[threading.get_ident()] = block
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             yield
     finally:
         residual._forced_factors.pop(threading.get_ident(), None)
+        _verifying_block.pop(threading.get_ident(), None)
         for module in depths + inner:
             module.__dict__.pop("forward", None)
         for module, p in dropouts:

@@ -265,6 +265,35 @@ def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
     assert first.__dict__["_droppath_state"]["verdict"] == ""
 
 
+class _InnerBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.drop_path = research_model.DropPath(0.5)
+
+    def forward(self, x):
+        return x + self.drop_path(self.fc(x))
+
+
+class _OuterBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = _InnerBlock()
+        self.fc = nn.Linear(4, 4)
+        self.drop_path = research_model.DropPath(0.5)
+
+    def forward(self, x):
+        x = x + self.drop_path(self.fc(self.inner(x)))
+        return x
+
+
+def test_a_generic_block_nested_in_another_ones_branch_leaves_its_verification_alone():
+    model, report = dp.convert_model(_OuterBlock(), fuse_residual=True, return_report=True)
+    assert sorted(report.fused) == ["", "inner"]
+    model.train()(torch.randn(8, 4))  # the outer block verifies first, the inner one inside its branch
+    assert _verdicts(model) == {"": "", "inner": ""} and sorted(report.fused) == ["", "inner"]
+
+
 def test_data_parallel_replicas_share_the_verdict_and_threads_verify_apart():
     import threading
 
