@@ -2,7 +2,7 @@
 
     python scripts/install.py           # torch if missing, build tools, build + install, self-check
     python scripts/install.py --test    # test dependencies, then the default test run (~4 min)
-    python scripts/install.py --test --full   # the full test run (~11 min on 2 cores)
+    python scripts/install.py --test --full   # the full test run (~22 min on 2 cores)
 
 The install is editable by default (``pip install -e``): the compiled library
 is built into this checkout, which is then the package every Python process
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         _install_test_dependencies(torch_version, cuda)
         cmd = [sys.executable, "-m", "pytest", "tests", *(["--full"] if args.full else []), *args.pytest_args]
         _say("the " + ("full" if args.full else "default") + " test run"
-             + (" (about 11 minutes on 2 cores)" if args.full else " (about 4 minutes on 2 cores; --full for everything, about 11)"))
+             + (" (about 22 minutes on 2 cores)" if args.full else " (about 10 minutes on 2 cores; --full for everything, about 22)"))
         return _run(cmd, cwd=ROOT).returncode
 
     _check_compiler()
