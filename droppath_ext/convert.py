@@ -49,11 +49,12 @@ class ConversionReport:
     """Residual blocks rewritten to skip dropped samples' compute."""
     unfused: List[str] = field(default_factory=list)
     """Modules holding a stochastic-depth module that were left as they are
-    (unknown block type, a branch that mixes samples such as BatchNorm, a
-    forward this package has no fused form of)."""
+    (a branch that mixes samples such as BatchNorm, a forward without a
+    residual generic fusion recognises, a rewrite that failed its
+    verification)."""
     not_replaced: List[str] = field(default_factory=list)
-    """Stochastic-depth-like modules left in place (a transformers DropPath
-    whose class failed the equivalence check)."""
+    """Stochastic-depth-like modules left in place (a candidate of another
+    library whose copy failed the behaviour check)."""
     reasons: Dict[str, str] = field(default_factory=dict)
     """For each name in ``unfused`` and ``not_replaced``: why."""
 
@@ -110,21 +111,24 @@ def _fuser(module: nn.Module) -> tuple[Optional[type], Optional[str]]:
     if entry is not None:
         check, mixin = entry
         reason = check(module)
-        return (None, reason) if reason else (mixin, None)
-    if not _holds_stochastic_depth(module):
+        if reason:
+            return None, reason
+    elif not _holds_stochastic_depth(module):
         return None, None
-    if any(_discovery.is_candidate(c) for c in module.children()):
+    elif any(_discovery.is_candidate(c) for c in module.children()):
         return None, "its DropPath was left as it is (see its own entry)"
-    if type(module).__module__.startswith("transformers."):
-        mixin, _ = _fused_transformers.mixin_for(module)
-        if mixin is not None:
-            return mixin, None
-    if not any(_fused_generic.is_stochastic_depth(c) for c in module.children()):
-        return None, None  # (only Identity modules in the stochastic-depth places: nothing is dropped)
-    if _mixes_samples(module):
+    else:
+        mixin = None
+        if type(module).__module__.startswith("transformers."):
+            mixin, _ = _fused_transformers.mixin_for(module)
+        mixin = mixin or _fused_generic.GenericFusedBlock
+    if _mixes_samples(module):  # (before a generic rewrite: a BatchNorm block is never rewritten)
         return None, _MIXES_SAMPLES
-    reason = _fused_generic.why_not(module)
-    return (None, reason) if reason else (_fused_generic.GenericFusedBlock, None)
+    if mixin is _fused_generic.GenericFusedBlock:
+        reason = _fused_generic.why_not(module)
+        if reason:
+            return None, reason
+    return mixin, None
 
 
 def _fused_class(cls: type, mixin: type) -> type:
@@ -219,11 +223,7 @@ def convert_model(
                 report.fused.append(name)
                 continue
             mixin, reason = _fuser(module)
-            if mixin is not None and _mixes_samples(module):
-                mixin, reason = None, _MIXES_SAMPLES
             if mixin is None:
-                if reason is None and _holds_stochastic_depth(module):
-                    reason = f"{type(module).__name__} is not a block this package has a fused form of"
                 if reason is not None:
                     report.unfused.append(name)
                     report.reasons[name] = reason
