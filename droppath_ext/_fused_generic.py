@@ -111,35 +111,30 @@ class GenericFusedBlock(FusedBlock):
     """The mixin of every generically fused block (see the module doc)."""
 
     def _droppath_forward(self, args: tuple, kwargs: dict):
-        stock = type(self)._droppath_stock_class.forward
         if not self.training or self._droppath_runs_stock():
-            return stock(self, *args, **kwargs)
+            return self._droppath_stock_forward(*args, **kwargs)
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
         compiling = torch.compiler.is_compiling()
         if not compiling and not _tracing.plain_eager(*tensors):
-            return stock(self, *args, **kwargs)
-        if _verifying_block and _verifying_block.get(threading.get_ident(), self) is not self:
+            return self._droppath_stock_forward(*args, **kwargs)
+        if _verifying and _verifying.get(threading.get_ident(), (self,))[0] is not self:
             # Inside another block's verification: its deeper stochastic depth is off, this block's too.
-            return stock(self, *args, **kwargs)
+            return self._droppath_stock_forward(*args, **kwargs)
         verdict = _state(self).get("verdict")
         if verdict is None:
             if compiling or not _verifiable(tensors):
-                return stock(self, *args, **kwargs)
+                return self._droppath_stock_forward(*args, **kwargs)
             verdict = self._droppath_verify(args, kwargs)
         if verdict != _VERIFIED:
-            return stock(self, *args, **kwargs)
+            return self._droppath_stock_forward(*args, **kwargs)
         return _rewritten_forward(type(self)._droppath_stock_class, self)(self, *args, **kwargs)
 
     def _droppath_verify(self, args: tuple, kwargs: dict) -> str:
         cls = type(self)._droppath_stock_class
         try:
-            with _verification(self):
+            with _verification(self) as sites:
                 want = cls.forward(self, *args, **kwargs)
-                sites = _verifying[threading.get_ident()] = set()
-                try:
-                    got = _rewritten_forward(cls, self)(self, *args, **kwargs)
-                finally:
-                    del _verifying[threading.get_ident()]
+                got = _rewritten_forward(cls, self)(self, *args, **kwargs)
             reason = _differs(got, want)
             if reason is None and not sites:
                 reason = "no residual could run in skip mode on these inputs (an input that carries samples " \
@@ -175,18 +170,17 @@ def _verified_sites(block: nn.Module) -> frozenset:
     return _state(block).get("sites", frozenset())
 
 
-_verifying_block: Dict[int, nn.Module] = {}
-"""For each thread verifying a block: the block (blocks nested in its branch run the stock forward)."""
-
-
-_verifying: Dict[int, set] = {}
-"""For each thread whose rewrite runs for its verification (its sites skip,
-with the forced mask): the residuals (their indices in the rewrite) that
-skipped so far."""
+_verifying: Dict[int, Tuple[nn.Module, set]] = {}
+"""For each thread verifying a block: the block (any other generically fused
+block, nested in its branch, runs its stock forward meanwhile) and the
+residuals of its rewrite (their indices) that skipped so far. Only the
+rewrite's pass calls the block's sites: the stock pass runs the stock forward."""
 
 
 def _verifying_here() -> Optional[set]:
-    return _verifying.get(threading.get_ident()) if _verifying else None
+    """The verified-site set of this thread's running verification (its sites skip, with the forced mask)."""
+    entry = _verifying.get(threading.get_ident()) if _verifying else None
+    return None if entry is None else entry[1]
 
 
 def _forced(batch: int, dtype: torch.dtype) -> Tensor:
@@ -195,11 +189,11 @@ def _forced(batch: int, dtype: torch.dtype) -> Tensor:
 
 
 @contextlib.contextmanager
-def _verification(block: nn.Module) -> Iterator[None]:
+def _verification(block: nn.Module) -> Iterator[set]:
     """The verification's world: forced masks in the block's stochastic-depth
     children and skip-mode draws, dropout and deeper stochastic-depth modules
     off, no autograd, forked random streams, the block's buffers as they were
-    afterwards."""
+    afterwards. Yields the set its sites fill as they skip."""
     saved = [(b, b.detach().clone()) for b in block.buffers()]
     dropouts = [(m, m.p) for m in block.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     # The block's own stochastic-depth modules apply the forced mask; deeper ones (a DropPath used as
@@ -220,12 +214,13 @@ def _verification(block: nn.Module) -> Iterator[None]:
         for module in inner:
             module.forward = _identity
         residual._forced_factors[threading.get_ident()] = _forced
-        _verifying_block[threading.get_ident()] = block
+        sites: set = set()
+        _verifying[threading.get_ident()] = (block, sites)
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            yield
+            yield sites
     finally:
         residual._forced_factors.pop(threading.get_ident(), None)
-        _verifying_block.pop(threading.get_ident(), None)
+        _verifying.pop(threading.get_ident(), None)
         for module in depths + inner:
             module.__dict__.pop("forward", None)
         for module, p in dropouts:
