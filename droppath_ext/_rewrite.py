@@ -25,9 +25,9 @@ The branch becomes a nested function of its inputs (the names it reads
 before assigning them); the inputs that carry samples -- derived from the
 forward's first argument or from the residual -- are gathered to the kept
 samples, the others (masks, position tables, ``H, W``) passed as they are.
-A branch that reads the batch size (``B, N, C = x.shape`` outside it) is
-left as it is: it would be wrong on fewer samples. Everything else in the
-forward is unchanged, and is compiled with the forward's own globals and
+A batch size the branch reads (``B, N, C = x.shape`` outside it) is, inside
+it, the number of samples it computes (:func:`samples`). Everything else in
+the forward is unchanged, and is compiled with the forward's own globals and
 closure (``super()`` works), at the forward's file and line numbers.
 
 A rewrite is not trusted on its own: ``_fused_generic`` verifies it against
@@ -124,15 +124,8 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     definition.body = rewritten
 
     freevars = function.__code__.co_freevars
-    factory = ast.FunctionDef(
-        name=_FACTORY,
-        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=SITE), ast.arg(arg=SAMPLES)] +
-                           [ast.arg(arg=v) for v in freevars],
-                           vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
-        body=[definition, ast.Return(value=ast.Name(id=definition.name, ctx=ast.Load()))],
-        decorator_list=[], returns=None, type_comment=None,
-        **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}),
-    )
+    factory = _function(_FACTORY, [SITE, SAMPLES, *freevars],
+                        [definition, ast.Return(value=ast.Name(id=definition.name, ctx=ast.Load()))])
     module = ast.Module(body=[factory], type_ignores=[])
     ast.copy_location(factory, definition)
     ast.fix_missing_locations(module)
@@ -551,12 +544,15 @@ def samples(outer: Callable[[], int], *values) -> int:
     return outer()
 
 
+def _arguments(names: List[str]) -> ast.arguments:
+    """Positional parameters ``names``, no defaults."""
+    return ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n in names], vararg=None, kwonlyargs=[],
+                         kw_defaults=[], kwarg=None, defaults=[])
+
+
 def _function(name: str, arguments: List[str], body: List[ast.stmt]) -> ast.FunctionDef:
     return ast.FunctionDef(
-        name=name,
-        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=n) for n in arguments], vararg=None, kwonlyargs=[],
-                           kw_defaults=[], kwarg=None, defaults=[]),
-        body=body, decorator_list=[], returns=None, type_comment=None,
+        name=name, args=_arguments(arguments), body=body, decorator_list=[], returns=None, type_comment=None,
         **({"type_params": []} if "type_params" in ast.FunctionDef._fields else {}))
 
 
@@ -564,5 +560,4 @@ def _thunk(value: ast.expr) -> ast.Lambda:
     """``lambda: value``: read when the site runs, so that a name unset on this
     path (the stock forward does not read it there either) raises there, where
     the site can tell."""
-    return ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[],
-                                         kwarg=None, defaults=[]), body=value)
+    return ast.Lambda(args=_arguments([]), body=value)
