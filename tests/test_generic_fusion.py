@@ -265,20 +265,10 @@ def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
     assert first.__dict__["_droppath_state"]["verdict"] == ""
 
 
-class _InnerBlock(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 4)
-        self.drop_path = research_model.DropPath(0.5)
-
-    def forward(self, x):
-        return x + self.drop_path(self.fc(x))
-
-
 class _OuterBlock(nn.Module):
     def __init__(self):
         super().__init__()
-        self.inner = _InnerBlock()
+        self.inner = research_model.PreNormBlock(4, 0.5)
         self.fc = nn.Linear(4, 4)
         self.drop_path = research_model.DropPath(0.5)
 
