@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import threading
 import types
@@ -200,8 +201,7 @@ def _verification(block: nn.Module) -> Iterator[set]:
     # dropout inside a branch) are off, as dropout is: in skip mode they would see fewer samples.
     depths = [m for m in block.children() if is_stochastic_depth(m)]
     inner = [m for m in block.modules() if is_stochastic_depth(m) and m not in depths]
-    devices = sorted({b.device.index or 0 for b in list(block.parameters()) + [t for t, _ in saved]
-                      if b.device.type == "cuda"})
+    devices = _cuda_devices(block)
 
     def forced_drop_path(x: Tensor) -> Tensor:
         return x * _forced(x.shape[0], x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
@@ -227,6 +227,12 @@ def _verification(block: nn.Module) -> Iterator[set]:
             module.p = p
         for buffer, value in saved:
             buffer.copy_(value)
+
+
+def _cuda_devices(module: nn.Module) -> list:
+    """The CUDA devices of ``module``'s parameters and buffers (whose random streams are forked)."""
+    return sorted({t.device.index or 0 for t in itertools.chain(module.parameters(), module.buffers())
+                   if t.device.type == "cuda"})
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -400,7 +406,7 @@ def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
     """
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, GenericFusedBlock)}
     training = {m: m.training for m in model.modules()}
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    devices = _cuda_devices(model)
     try:
         model.train()
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
