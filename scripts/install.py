@@ -1,7 +1,7 @@
 """Install droppath_ext into the Python that runs this script, and check it.
 
     python scripts/install.py           # torch if missing, build tools, build + install, self-check
-    python scripts/install.py --test    # test dependencies, then the default test run (~4 min)
+    python scripts/install.py --test    # test dependencies, then the default test run (~10 min)
     python scripts/install.py --test --full   # the full test run (~22 min on 2 cores)
 
 The install is editable by default (``pip install -e``): the compiled library
