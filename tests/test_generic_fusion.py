@@ -19,25 +19,7 @@ import droppath_ext as dp
 import research_model
 from droppath_ext import _fused_generic, residual
 from conftest import import_or_skip
-
-
-def _train_step(model, x, seed, params=None):
-    """(output, parameter gradients) of a step at ``seed``; the parameters of ``params``
-    (default: ``model``; the module a compiled model wraps)."""
-    params = model if params is None else params
-    torch.manual_seed(seed)
-    out = model(x)
-    out.float().square().mean().backward()
-    grads = {n: p.grad.clone() for n, p in params.named_parameters() if p.grad is not None}
-    params.zero_grad(set_to_none=True)
-    return out.detach(), grads
-
-
-def _assert_same_training(got, want, rtol=1e-4, atol=1e-5):
-    torch.testing.assert_close(got[0], want[0], rtol=rtol, atol=atol)
-    assert got[1].keys() == want[1].keys()
-    for name in want[1]:
-        torch.testing.assert_close(got[1][name], want[1][name], rtol=10 * rtol, atol=atol, msg=name)
+from steps import assert_same_step, step
 
 
 def _verdicts(model):
@@ -79,7 +61,7 @@ def test_research_model_eval_is_bitwise_and_training_equals_the_masked_form():
     stock.train(), masked.train(), fused.train()
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
         for seed in range(3):  # (the first step verifies the rewrites: it must not change the step)
-            _assert_same_training(_train_step(fused, x, seed), _train_step(masked, x, seed))
+            assert_same_step(step(fused, x, seed), step(masked, x, seed))
     assert skip.called
 
 
@@ -129,7 +111,7 @@ def test_timm_families_fuse_generically_and_train_as_the_masked_form(name):
     masked.train(), fused.train()
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
         for seed in range(2):
-            _assert_same_training(_train_step(fused, x, seed), _train_step(masked, x, seed))
+            assert_same_step(step(fused, x, seed), step(masked, x, seed))
     assert skip.called
     assert set(_verdicts(fused).values()) == {""}  # every generic block verified
 
@@ -197,16 +179,16 @@ def test_a_branch_that_reads_the_batch_size_reads_the_kept_count():
     fused = dp.convert_model(copy.deepcopy(block), fuse_residual=True, skip_dropped=True).train()
     x = torch.randn(8, 3, 4)
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
-        got = _train_step(fused, x, 2)
+        got = step(fused, x, 2)
     assert skip.called
-    _assert_same_training(got, _train_step(dp.convert_model(block).train(), x, 2))
+    assert_same_step(got, step(dp.convert_model(block).train(), x, 2))
     # The branch takes h, not x: B is still the number of samples it computes.
     block = _ReadsBatchSizeOfAnother()
     fused = dp.convert_model(copy.deepcopy(block), fuse_residual=True, skip_dropped=True).train()
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
-        got = _train_step(fused, x, 2)
+        got = step(fused, x, 2)
     assert skip.called
-    _assert_same_training(got, _train_step(dp.convert_model(block).train(), x, 2))
+    assert_same_step(got, step(dp.convert_model(block).train(), x, 2))
 
 
 class _SharedTable(nn.Module):
@@ -366,8 +348,8 @@ def test_compiled_generic_blocks_skip_once_verified_in_one_graph(fullgraph):
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(model, backend=counter, fullgraph=fullgraph)
     for seed in range(4):
-        got = _train_step(compiled, x, seed, model)
-        _assert_same_training(got, _train_step(model, x, seed))
+        got = step(compiled, x, seed, model)
+        assert_same_step(got, step(model, x, seed))
     assert counter.frame_count == 1
     assert any("droppath_ext._row_maps" in str(n.target) for g in counter.graphs for n in g.graph.nodes)
 
@@ -396,7 +378,7 @@ def test_monai_drop_path_and_swin_unetr():
     masked = dp.convert_model(copy.deepcopy(stock)).train()
     fused.train()
     for seed in range(2):
-        _assert_same_training(_train_step(fused, x, seed), _train_step(masked, x, seed))
+        assert_same_step(step(fused, x, seed), step(masked, x, seed))
     assert set(_verdicts(fused).values()) == {""}
 
 
@@ -419,6 +401,6 @@ def test_sam2_image_encoder():
         return lambda t: model(t)[-1]
 
     for seed in range(2):
-        got, want = _train_step(last(fused), x, seed, fused), _train_step(last(masked), x, seed, masked)
-        _assert_same_training(got, want)
+        got, want = step(last(fused), x, seed, fused), step(last(masked), x, seed, masked)
+        assert_same_step(got, want)
     assert set(_verdicts(fused).values()) == {""}

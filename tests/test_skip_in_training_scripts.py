@@ -19,31 +19,10 @@ from torch.utils.checkpoint import checkpoint
 import droppath_ext as dp
 from droppath_ext import residual
 from conftest import import_or_skip, subprocess_env
+from steps import assert_same_step, step
 
 import torch._dynamo.testing  # noqa: E402 (CompileCounterWithBackend)
 import torch._inductor.config as inductor_config  # noqa: E402
-
-
-def _step(run, x, seed, params=None):
-    """(output, input gradient, gradients of ``params``' parameters -- by
-    default ``run``'s, a module) of one training step at ``seed``."""
-    params = run if params is None else params
-    torch.manual_seed(seed)
-    x = x.detach().requires_grad_()
-    out = run(x)
-    out.float().square().mean().backward()
-    grads = {n: p.grad.clone() for n, p in params.named_parameters() if p.grad is not None}
-    for p in params.parameters():
-        p.grad = None
-    return out.detach(), x.grad, grads
-
-
-def _assert_same_step(got, want, rtol=1e-4, atol=1e-5):
-    torch.testing.assert_close(got[0], want[0], rtol=rtol, atol=atol)
-    torch.testing.assert_close(got[1], want[1], rtol=rtol, atol=atol)
-    assert got[2].keys() == want[2].keys()
-    for name in want[2]:
-        torch.testing.assert_close(got[2][name], want[2][name], rtol=10 * rtol, atol=atol, msg=name)
 
 
 def _skips(graphs) -> bool:
@@ -89,7 +68,7 @@ def test_a_conv_branch_trains_in_skip_mode_under_inductor(options):
     compiles = []
     with inductor_config.patch(fallback_random=True):
         for seed in range(4):
-            _assert_same_step(_step(compiled, x, seed, block), _step(block, x, seed))
+            assert_same_step(step(compiled, x, seed, block), step(block, x, seed))
             compiles.append(counter.frame_count)
     if "mode" not in options:
         # One compilation, none as the kept count changes. (With dynamic=True, dynamo
@@ -143,7 +122,7 @@ def test_converted_convnexts_train_under_inductor_as_stock(library):
     x = torch.randn(8, 3, 32, 32)
     with inductor_config.patch(fallback_random=True):
         for seed in range(3):
-            _assert_same_step(_step(compiled, x, seed, converted), _step(stock, x, seed))
+            assert_same_step(step(compiled, x, seed, converted), step(stock, x, seed))
     assert counter.frame_count == 1 and _skips(counter.graphs)
 
 
@@ -206,7 +185,7 @@ def test_checkpointing_under_inductor_gives_the_gradients_without_it(reentrant):
     x = torch.randn(8, 4, 8)
     with inductor_config.patch(fallback_random=True):
         for seed in range(3):
-            _assert_same_step(_step(compiled, x, seed, model), _step(lambda t: model(t, checkpointed=False), x, seed, model))
+            assert_same_step(step(compiled, x, seed, model), step(lambda t: model(t, checkpointed=False), x, seed, model))
 
 
 @pytest.mark.slow
@@ -218,12 +197,12 @@ def test_timm_grad_checkpointing_under_inductor():
                               patch_size=8, depth=3, num_classes=10)
     model = dp.convert_model(model, fuse_residual=True, skip_dropped=True).train()
     x = torch.randn(8, 3, 32, 32)
-    want = [_step(model, x, seed) for seed in range(2)]
+    want = [step(model, x, seed) for seed in range(2)]
     model.set_grad_checkpointing(True)
     compiled = torch.compile(model)
     with inductor_config.patch(fallback_random=True):
         for seed in range(2):
-            _assert_same_step(_step(compiled, x, seed, model), want[seed])
+            assert_same_step(step(compiled, x, seed, model), want[seed])
 
 
 @pytest.mark.slow
@@ -239,12 +218,12 @@ def test_transformers_gradient_checkpointing_under_inductor():
     def run(m):
         return lambda t: main_output(m(pixel_values=t))
 
-    want = [_step(run(model), pixels, seed, model) for seed in range(2)]
+    want = [step(run(model), pixels, seed, model) for seed in range(2)]
     model.gradient_checkpointing_enable()
     compiled = torch.compile(run(model))
     with inductor_config.patch(fallback_random=True):
         for seed in range(2):
-            got = _step(compiled, pixels, seed, model)
+            got = step(compiled, pixels, seed, model)
             torch.testing.assert_close(got[0], want[seed][0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(got[1], want[seed][1], rtol=1e-4, atol=1e-5)
 
@@ -273,8 +252,8 @@ def test_edge_batches_under_compile_equal_eager(compile_backend, batch, drop_pro
     x = torch.randn(batch, 5, 8)
     with inductor_config.patch(fallback_random=True):
         for seed in range(3):
-            got = _step(compiled, x, seed, block)
-            _assert_same_step(got, _step(block, x, seed))
+            got = step(compiled, x, seed, block)
+            assert_same_step(got, step(block, x, seed))
             assert got[0].shape == x.shape
             assert set(got[2]) == {"fc.weight", "fc.bias"}  # every parameter gets a gradient
 
@@ -317,7 +296,7 @@ def test_hooks_inside_a_fused_timm_block_see_the_whole_batch(compiled):
     stock_seen, _ = _rows_seen(stock, HOOKED)
     fused_seen, _ = _rows_seen(fused, HOOKED)
     run = torch.compile(fused, backend="aot_eager") if compiled else fused
-    _assert_same_step(_step(run, x, 3, fused), _step(stock, x, 3))
+    assert_same_step(step(run, x, 3, fused), step(stock, x, 3))
     assert fused_seen == stock_seen and all(rows == [8, 8] for rows in stock_seen.values())
 
 
@@ -364,8 +343,8 @@ def test_flop_counter_mode_counts_the_flops_skip_mode_computes():
 
     def counted(model, x):
         with FlopCounterMode(display=False) as counter:
-            step = _step(model, x, 3)
-        return step, counter.get_total_flops()
+            result = step(model, x, 3)
+        return result, counter.get_total_flops()
 
     torch.manual_seed(0)
     models = {"vit": (_vit(), torch.randn(8, 3, 32, 32)),
@@ -375,7 +354,7 @@ def test_flop_counter_mode_counts_the_flops_skip_mode_computes():
         fused = dp.convert_model(model, fuse_residual=True).train()
         dp.verify_fused(fused, x)
         (got, got_flops), (want, want_flops) = counted(fused, x), counted(masked, x)
-        _assert_same_step(got, want)
+        assert_same_step(got, want)
         assert got_flops < 0.8 * want_flops, (name, got_flops, want_flops)
 
 
