@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -44,26 +45,39 @@ _PROBE_SHAPES = ((64, 3, 5), (64, 2, 3, 2))
 @dataclass(frozen=True)
 class Verdict:
     """What the behaviour check found: ``reason`` is None when the module
-    behaves as this package's DropPath with ``scale_by_keep``."""
+    behaves as this package's DropPath with ``scale_by_keep`` (read from the
+    module's own ``scale_by_keep`` attribute on every call when
+    ``scale_attribute``), its rate in ``rate``."""
 
     reason: Optional[str]
     scale_by_keep: bool = True
+    rate: str = "drop_prob"
+    scale_attribute: bool = False
+
+
+def _ours(module: nn.Module) -> bool:
+    """This package's module, or a library's converted one (``_converted``)."""
+    from .modules import DropPath, StochasticDepth
+
+    return isinstance(module, (DropPath, StochasticDepth))
 
 
 def is_timm_drop_path(module: nn.Module) -> bool:
-    return type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm.")
+    return type(module).__name__ == "DropPath" and type(module).__module__.startswith("timm.") and \
+        not _ours(module)
 
 
 def is_torchvision_stochastic_depth(module: nn.Module) -> bool:
-    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.")
+    return type(module).__name__ == "StochasticDepth" and type(module).__module__.startswith("torchvision.") and \
+        not _ours(module)
 
 
 def is_candidate(module: nn.Module) -> bool:
     """A stochastic-depth module of another library (by its class name), not
-    one of this package's own nor one known exactly (timm, torchvision)."""
+    one of this package's own (converted ones included) nor one known exactly
+    (timm, torchvision)."""
     cls = type(module)
-    if cls.__module__.startswith("droppath_ext.") or is_timm_drop_path(module) or \
-            is_torchvision_stochastic_depth(module):
+    if _ours(module) or is_timm_drop_path(module) or is_torchvision_stochastic_depth(module):
         return False
     return _CANDIDATE_NAME.fullmatch(cls.__name__) is not None
 
@@ -103,6 +117,9 @@ def check(module: nn.Module) -> Verdict:
     attribute = rate_attribute(module)
     if attribute is None:
         return Verdict(f"{name} has no drop-rate attribute (one of {', '.join(_RATE_ATTRIBUTES)})")
+    reason = _one_input(type(module))
+    if reason is not None:
+        return Verdict(reason)
     with _isolated():
         try:
             probe = copy.deepcopy(module)
@@ -112,12 +129,44 @@ def check(module: nn.Module) -> Verdict:
         for shape in _PROBE_SHAPES:
             x = torch.rand(shape, dtype=torch.float64, device="cpu") + 0.5  # never zero
             try:
-                return _check_on(probe, attribute, x, name)
+                verdict = _check_on(probe, attribute, x, name)
+                return Verdict(None, verdict.scale_by_keep, attribute, _honours_scale_by_keep(probe, attribute, x))
             except _Unfit as unfit:
                 return Verdict(str(unfit))
             except Exception as error:  # noqa: BLE001 - a module that fails on this shape: try the next
                 failures.append(f"{type(error).__name__}: {error}")
         return Verdict(f"{name} failed its check on every probe shape: {'; '.join(failures)}")
+
+
+def _honours_scale_by_keep(probe: nn.Module, attribute: str, x: torch.Tensor) -> bool:
+    """The module has a ``scale_by_keep`` flag and follows it (the replacement
+    then reads it on every call; otherwise the behaviour found is fixed)."""
+    value = getattr(probe, "scale_by_keep", None)
+    if not isinstance(value, bool):
+        return False
+    probe.train()
+    setattr(probe, attribute, 0.5)
+    probe.scale_by_keep = not value
+    try:
+        return _per_sample_drop(probe(x), x, 0.5) is (not value)
+    except Exception:  # noqa: BLE001 - a flag it does not take: the behaviour found stays fixed
+        return False
+    finally:
+        probe.scale_by_keep = value
+
+
+def _one_input(cls: type) -> Optional[str]:
+    """Why ``cls.forward`` is not a forward of one input (the only call the
+    replacement takes), or None."""
+    try:
+        parameters = list(inspect.signature(cls.forward).parameters.values())[1:]  # (after self)
+    except (TypeError, ValueError):
+        return f"{cls.__name__}.forward has no signature to check"
+    if len(parameters) != 1 or parameters[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                          inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        names = ", ".join(p.name for p in parameters)
+        return f"{cls.__name__}.forward({names}) takes more than one input; only forward(x) is replaced"
+    return None
 
 
 class _Unfit(Exception):

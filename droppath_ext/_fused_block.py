@@ -22,6 +22,8 @@ submodule and runs per call, so hooks added or removed at any time count.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -48,14 +50,26 @@ def hooks_inside(block: nn.Module) -> bool:
     """A module hook that would see the branch: on any module under ``block``
     (not ``block`` itself, whose hooks see its whole input and output either
     way), or a global one (but a module tracker's)."""
+    return hook_inside(block) is not None
+
+
+def hook_inside(block: nn.Module) -> Optional[str]:
+    """Where :func:`hooks_inside` finds a hook ("a forward hook on attn.proj",
+    "a global forward hook"), or None."""
     for name in _GLOBAL_HOOKS:
         hooks = getattr(nn.modules.module, name)
         if hooks and not all(_tracks_calls_only(h) for h in hooks.values()):
-            return True
-    for module in block.modules():
-        if module is not block and any(getattr(module, name, None) for name in _MODULE_HOOKS):
-            return True
-    return False
+            return f"a global {_KINDS[name.replace('_global', '')]}"
+    for where, module in block.named_modules():
+        if module is not block:
+            for name in _MODULE_HOOKS:
+                if getattr(module, name, None):
+                    return f"a {_KINDS[name]} on {where}"
+    return None
+
+
+_KINDS = {"_forward_hooks": "forward hook", "_forward_pre_hooks": "forward pre-hook",
+          "_backward_hooks": "backward hook", "_backward_pre_hooks": "backward pre-hook"}
 
 
 def _has_convolutions(block: nn.Module) -> bool:

@@ -2,54 +2,51 @@
 residual in the usual ways runs in skip mode, from a rewrite of its own
 source (``_rewrite.py``), verified before it is trusted.
 
-A generically fused block is the model's block object with the class
-``DropPathFused<Block>(GenericFusedBlock, Block)``. Its ``forward`` is a
-function of the stock forward's signature (``__wrapped__`` is the stock
-forward, so TorchScript scripts the stock forward, and ``inspect`` sees its
-signature) that runs:
+A generically fused block is the model's block object with a class of the
+block's own name, a subclass of ``GenericFusedBlock`` and of the block's
+class. Its ``forward`` is a function of the stock forward's signature
+(``__wrapped__`` is the stock forward, so TorchScript scripts the stock
+forward, and ``inspect`` sees its signature) that runs:
 
 - the stock forward (with this package's stochastic-depth modules) in eval
   mode, under every tracer but ``torch.compile`` (FX, ``jit.trace``, fake
   and meta tensors, functorch, ``torch.export`` via the sites' own checks),
-  while a hook watches the block (``_fused_block``), until the rewrite is
-  verified, and for good once it failed;
+  while a hook watches the block (``_fused_block``), for kinds of call not
+  verified, and for good once a verification failed;
 - otherwise the rewritten forward, whose residuals go through :func:`site`:
-  skip mode where the block's policy and :func:`residual.skip_pays` say so
-  and every per-sample input has the residual's batch, else the stock
-  expression ``res + dp(branch)``.
+  skip mode where the residual's stochastic-depth module is training, the
+  block's policy and :func:`residual.skip_pays` say so, and every per-sample
+  input has the residual's batch; else the stock expression ``res + dp(branch)``.
 
-Verification, on the block's first eager training call with at least two
-samples: the stock forward and the rewritten one in skip mode run on the
-same inputs with the same forced mask (even samples kept, scaled by 2; odd
-ones dropped), dropout set to 0, no autograd, the block's buffers restored
-afterwards and the random streams forked, so the user's training and random
-stream are unchanged; the outputs must agree to rounding. Stochastic depth
-nested deeper in the block is off meanwhile, as dropout is (a generically
-fused block in its branch runs its stock forward). A branch that mixes
-samples (a batch mean, batch statistics) computes something else on half the
-batch and fails; so does a rewrite that raises. A failed block runs the
-stock forward from then on; the reason is logged and moved into the
-``ConversionReport`` of its conversion (``fused`` -> ``unfused``, with
-``reasons``). Under ``torch.compile``, a block not yet verified runs the stock
-forward: :func:`verify_fused` (one eager forward) verifies a model's blocks
-before compiling it; the compiled graph then recompiles once.
+Verification (``_verification``), on the block's first eager training call
+of each kind (``_signature``: the batch size, which inputs are None, flags),
+proves the rewrite equal to the stock forward on private copies of the block
+and the inputs -- outputs, inputs after the call, and every module attribute
+and buffer -- in float64 with perturbed parameters, on fresh random inputs
+and the call's own, with two masks; nothing of the user's changes. A block
+whose rewrite differs (a branch that mixes samples, an in-place change of its
+input, a side output computed from the batch) runs the stock forward from
+then on; the reason is logged and moved into the ``ConversionReport`` of its
+conversion (``fused`` -> ``unfused``, with ``reasons``). A verification that
+cannot decide (degenerate inputs on which the stock forward fails) leaves
+the call to the stock forward and tries again on the next one, up to three.
+Under ``torch.compile``, a kind of call not yet verified runs the stock
+forward: :func:`verify_fused` verifies a model's blocks before compiling it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
-import threading
 import types
 import weakref
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from . import _rewrite, _tracing, residual
+from . import _rewrite, _tracing, _verification, residual
 from ._fused_block import FusedBlock
 from .modules import DropPath, StochasticDepth
 
@@ -118,164 +115,96 @@ class GenericFusedBlock(FusedBlock):
         compiling = torch.compiler.is_compiling()
         if not compiling and not _tracing.plain_eager(*tensors):
             return self._droppath_stock_forward(*args, **kwargs)
-        if _verifying and _verifying.get(threading.get_ident(), (self,))[0] is not self:
+        verifying = _verification.current()
+        if verifying is not None and verifying[0] is not self:
             # Inside another block's verification: its deeper stochastic depth is off, this block's too.
             return self._droppath_stock_forward(*args, **kwargs)
-        verdict = _state(self).get("verdict")
-        if verdict is None:
-            if compiling or not _verifiable(tensors):
-                return self._droppath_stock_forward(*args, **kwargs)
-            verdict = self._droppath_verify(args, kwargs)
-        if verdict != _VERIFIED:
+        state = _state(self)
+        if state.get("verdict", _VERIFIED) != _VERIFIED:  # rejected for good
             return self._droppath_stock_forward(*args, **kwargs)
+        signature = _signature(args, kwargs)
+        if signature not in state["signatures"]:
+            if compiling or len(state["signatures"]) >= _MAX_SIGNATURES or \
+                    (_verification.batch_size(self, args, kwargs, is_stochastic_depth) or 0) < 2:
+                return self._droppath_stock_forward(*args, **kwargs)
+            if not self._droppath_verify(args, kwargs, signature):
+                return self._droppath_stock_forward(*args, **kwargs)
         return _rewritten_forward(type(self)._droppath_stock_class, self)(self, *args, **kwargs)
 
-    def _droppath_verify(self, args: tuple, kwargs: dict) -> str:
+    def _droppath_verify(self, args: tuple, kwargs: dict, signature: tuple) -> bool:
+        """Verify the rewrite on this call's inputs (``_verification``);
+        True when verified for calls of this ``signature``."""
         cls = type(self)._droppath_stock_class
-        try:
-            with _verification(self) as sites:
-                want = cls.forward(self, *args, **kwargs)
-                got = _rewritten_forward(cls, self)(self, *args, **kwargs)
-            reason = _differs(got, want)
-            if reason is None and not sites:
-                reason = "no residual could run in skip mode on these inputs (an input that carries samples " \
-                         "is not a tensor of the batch's samples)"
-            _state(self)["sites"] = frozenset(sites)
-        except Exception as error:  # noqa: BLE001 - any failure of the rewrite: the stock forward, for good
-            reason = f"the rewritten forward raised {type(error).__name__}: {error}"
-        verdict = _VERIFIED if reason is None else \
-            f"{cls.__name__}: skip mode was not verified ({reason}); the stock forward runs"
-        _state(self)["verdict"] = verdict
-        if verdict != _VERIFIED:
-            _reject(self, verdict)
-        return verdict
+        state = _state(self)
+        outcome = _verification.verify(self, cls.forward, _rewritten_forward(cls, self), args, kwargs,
+                                       is_stochastic_depth)
+        if outcome.status == _verification.VERIFIED and not outcome.sites:
+            outcome = _verification.Outcome(
+                _verification.REJECTED, "no residual could run in skip mode on these inputs (an input that "
+                                        "carries samples is not a tensor of the batch's samples)")
+        if outcome.status == _verification.VERIFIED:
+            state["signatures"].add(signature)
+            state["sites"] = state.get("sites", frozenset()) | outcome.sites
+            state["verdict"] = _VERIFIED
+            return True
+        if outcome.status == _verification.UNDECIDED:
+            state["undecided"] = state.get("undecided", 0) + 1
+            state["last_undecided"] = outcome.reason
+            if state["undecided"] < _MAX_UNDECIDED:
+                return False
+            reason = f"no call of {_MAX_UNDECIDED} could decide: {outcome.reason}"
+        else:
+            reason = outcome.reason
+        verdict = f"{cls.__name__}: skip mode was not verified ({reason}); the stock forward runs"
+        state["verdict"] = verdict
+        _reject(self, verdict)
+        return False
 
 
-def _verifiable(tensors: list) -> bool:
-    return bool(tensors) and tensors[0].dim() > 0 and tensors[0].shape[0] >= 2
+_MAX_SIGNATURES = 16
+"""Kinds of call (``_signature``) a block verifies; calls of further kinds run the stock forward."""
+_MAX_UNDECIDED = 3
+"""Calls whose verification could not decide before the block is left unfused."""
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """What of a call can change whether skip mode is exact, and is verified
+    once per value: for tensors their dtype, device type, rank and first size
+    (the batch, a ``B * heads`` mask); which arguments are
+    None; flags (bools, strings); lengths of lists. Not other sizes or
+    numbers (image sizes vary from batch to batch in detection)."""
+    def key(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, Tensor):
+            return ("tensor", value.dtype, value.device.type, value.dim(), tuple(value.shape[:1]))
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, (int, float)):
+            return type(value).__name__
+        if isinstance(value, (tuple, list)) and depth < 3:
+            return (type(value).__name__, tuple(key(v, depth + 1) for v in value))
+        if isinstance(value, dict) and depth < 3:
+            return ("dict", tuple((k, key(v, depth + 1)) for k, v in value.items()))
+        return type(value).__qualname__
+
+    return key(args), tuple((name, key(value)) for name, value in kwargs.items())
 
 
 def _state(block: nn.Module) -> Dict[str, Any]:
-    """The block's verification state: ``verdict`` (``_VERIFIED`` or the
-    reason it failed; absent until verified) and ``sites`` (the residuals, by
-    index in the rewrite, verified in skip mode). One dict object, set at
-    conversion: the shallow copies ``nn.DataParallel`` makes of the block
-    each call share it, so a replica's verification holds for the block."""
+    """The block's verification state: ``signatures`` (the kinds of call
+    verified), ``sites`` (the residuals, by index in the rewrite, verified in
+    skip mode), ``verdict`` (``_VERIFIED`` once a call was, or the reason the
+    block runs the stock forward for good; absent before). One dict object,
+    set at conversion: the shallow copies ``nn.DataParallel`` makes of the
+    block each call share it, so a replica's verification holds for the block."""
     state = block.__dict__.get("_droppath_state")
     if state is None:  # (set at conversion; a block fused by hand gets it here)
         state = block.__dict__["_droppath_state"] = {}
+    state.setdefault("signatures", set())
     return state
 
 
 def _verified_sites(block: nn.Module) -> frozenset:
     return _state(block).get("sites", frozenset())
-
-
-_verifying: Dict[int, Tuple[nn.Module, set]] = {}
-"""For each thread verifying a block: the block (any other generically fused
-block, nested in its branch, runs its stock forward meanwhile) and the
-residuals of its rewrite (their indices) that skipped so far. Only the
-rewrite's pass calls the block's sites: the stock pass runs the stock forward."""
-
-
-def _verifying_here() -> Optional[set]:
-    """The verified-site set of this thread's running verification (its sites skip, with the forced mask)."""
-    entry = _verifying.get(threading.get_ident()) if _verifying else None
-    return None if entry is None else entry[1]
-
-
-def _forced(batch: int, dtype: torch.dtype) -> Tensor:
-    """Verification's mask: even samples kept (factor 2, exact in every dtype), odd ones dropped."""
-    return (torch.arange(batch) % 2 == 0).to(dtype) * 2
-
-
-@contextlib.contextmanager
-def _verification(block: nn.Module) -> Iterator[set]:
-    """The verification's world: forced masks in the block's stochastic-depth
-    children and skip-mode draws, dropout and deeper stochastic-depth modules
-    off, no autograd, forked random streams, the block's buffers as they were
-    afterwards. Yields the set its sites fill as they skip."""
-    saved = [(b, b.detach().clone()) for b in block.buffers()]
-    dropouts = [(m, m.p) for m in block.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    # The block's own stochastic-depth modules apply the forced mask; deeper ones (a DropPath used as
-    # dropout inside a branch) are off, as dropout is: in skip mode they would see fewer samples.
-    depths = [m for m in block.children() if is_stochastic_depth(m)]
-    inner = [m for m in block.modules() if is_stochastic_depth(m) and m not in depths]
-    devices = _cuda_devices(block)
-
-    def forced_drop_path(x: Tensor) -> Tensor:
-        return x * _forced(x.shape[0], x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
-
-    try:
-        for module, _ in dropouts:
-            module.p = 0.0
-        for module in depths:
-            module.forward = forced_drop_path
-        for module in inner:
-            module.forward = _identity
-        residual._forced_factors[threading.get_ident()] = _forced
-        sites: set = set()
-        _verifying[threading.get_ident()] = (block, sites)
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            yield sites
-    finally:
-        residual._forced_factors.pop(threading.get_ident(), None)
-        _verifying.pop(threading.get_ident(), None)
-        for module in depths + inner:
-            module.__dict__.pop("forward", None)
-        for module, p in dropouts:
-            module.p = p
-        for buffer, value in saved:
-            buffer.copy_(value)
-
-
-def _cuda_devices(module: nn.Module) -> list:
-    """The CUDA devices of ``module``'s parameters and buffers (whose random streams are forked)."""
-    return sorted({t.device.index or 0 for t in itertools.chain(module.parameters(), module.buffers())
-                   if t.device.type == "cuda"})
-
-
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-def _differs(got: Any, want: Any, where: str = "output") -> Optional[str]:
-    """Why the rewritten forward's output ``got`` is not the stock ``want`` (to rounding), or None."""
-    if isinstance(want, Tensor):
-        if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
-            return f"{where}: {_describe(got)} where the stock forward gives {_describe(want)}"
-        if not want.is_floating_point():
-            return None if torch.equal(got, want) else f"{where} differs"
-        tolerance = {torch.float64: 1e-7, torch.float32: 1e-4}.get(want.dtype, 2e-2)
-        scale = float(want.detach().abs().max()) if want.numel() else 0.0
-        error = float((got.detach() - want.detach()).abs().max()) if want.numel() else 0.0
-        if error > tolerance * max(scale, 1.0):
-            return (f"{where} differs by up to {error:.3g} (scale {scale:.3g}) on a batch with half the "
-                    f"samples dropped: the branch mixes samples (batch statistics, a batch mean) or draws "
-                    f"random numbers")
-        return None
-    if isinstance(want, (tuple, list)):
-        if not isinstance(got, (tuple, list)) or len(got) != len(want):
-            return f"{where}: {_describe(got)} where the stock forward gives {_describe(want)}"
-        for i, (a, b) in enumerate(zip(got, want)):
-            reason = _differs(a, b, f"{where}[{i}]")
-            if reason:
-                return reason
-        return None
-    if isinstance(want, dict):
-        if not isinstance(got, dict) or got.keys() != want.keys():
-            return f"{where}: other keys than the stock forward's"
-        for key in want:
-            reason = _differs(got[key], want[key], f"{where}[{key!r}]")
-            if reason:
-                return reason
-    return None
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Tensor):
-        return f"a {tuple(value.shape)} {value.dtype} tensor"
-    return type(value).__name__
 
 
 def _reject(block: nn.Module, reason: str) -> None:
@@ -292,25 +221,24 @@ def _reject(block: nn.Module, reason: str) -> None:
 # ---- the residual sites ----------------------------------------------------------------------
 
 
-def _settings(module: nn.Module) -> Optional[Tuple[float, bool]]:
-    """(drop rate, scale_by_keep) of a per-sample stochastic-depth module, else None."""
-    if isinstance(module, DropPath):
-        return float(module.drop_prob), bool(module.scale_by_keep)
-    if isinstance(module, StochasticDepth) and module.mode == "row":
-        return float(module.p), True
-    return None
+def _settings(module: nn.Module) -> Optional[Tuple[float, bool, int]]:
+    """(drop rate, scale_by_keep, batch_dim) of a per-sample stochastic-depth module, else None."""
+    return module._droppath_settings() if is_stochastic_depth(module) else None
 
 
 def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable], res: Any, branch: Callable,
-         gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple]):
+         gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple], inplace: bool = False):
     """One rewritten residual: ``res + dp(branch(*gathered, *shared))`` (or
     ``res + after(dp(...))``: a layer scale or gains the stock forward applies
     after drop path), the branch run on the kept samples where skip mode
     applies (``after`` then runs on them, before the scale by the mask). A
     residual skips only if it skipped in the block's verification (``index``
-    is among its verified ``sites``); where it cannot (an input that carries
-    samples is not a tensor of the batch's samples) it computes the stock
-    expression, then as in verification.
+    is among its verified ``sites``) and its stochastic-depth module is in
+    training mode (its own flag, not the block's); where it cannot (an input
+    that carries samples is not a tensor of the batch's samples, an input
+    taken whole might hold a row per sample) it computes the stock
+    expression, then as in verification. ``inplace``: the stock statement is
+    ``res += ...``, which adds into the residual's own tensor.
 
     ``gathered`` reads the inputs derived from samples (each when the site
     runs: one unset on this path is passed as unset, the branch does not read
@@ -321,18 +249,21 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
     dp = getattr(block, drop_path)
     settings = _settings(dp)
     if settings is not None and isinstance(res, Tensor) and res.dim() > 0:
-        drop_prob, scale_by_keep = settings
-        batch = res.shape[0]
-        rows = _rows_to_take(values, batch)
-        verifying = _verifying_here()
-        if rows is None or (verifying is None and (drop_prob == 0.0 or index not in _verified_sites(block) or
-                                               not _unambiguous(shared + _shared(probe), batch))):
-            mode = None
-        elif verifying is not None:
-            mode = "eager"
-            verifying.add(index)
-        else:
-            mode = residual._skip_mode(block._droppath_policy(drop_prob), values[rows[0]], res, batch, drop_prob, None)
+        drop_prob, scale_by_keep, dim = settings
+        dim = dim if dim >= 0 else dim + res.dim()
+        verifying = _verification.current()
+        mode = None
+        if 0 <= dim < res.dim():
+            batch = res.shape[dim]
+            rows = _rows_to_take(values, batch, dim)
+            if rows is None or not _unambiguous(shared + _shared(probe), batch, dim):
+                mode = None
+            elif verifying is not None:
+                mode = "eager"
+                verifying[1].add(index)
+            elif dp.training and drop_prob != 0.0 and index in _verified_sites(block):
+                mode = residual._skip_mode(block._droppath_policy(drop_prob), values[rows[0]], res, batch, drop_prob,
+                                           None)
         if mode is not None:
             def branch_fn(*taken):
                 arguments = list(values)
@@ -342,9 +273,14 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
                 return after(out) if after is not None else out
 
             inputs = tuple(values[position] for position in rows)
-            return residual.skip_residual(mode, inputs, res, branch_fn, 0, drop_prob, scale_by_keep)
+            out = residual.skip_residual(mode, inputs, res, branch_fn, dim, drop_prob, scale_by_keep)
+            return res.copy_(out) if inplace else out
     out = dp(branch(*values, *shared))
-    return res + (after(out) if after is not None else out)
+    out = after(out) if after is not None else out
+    if inplace:
+        res += out
+        return res
+    return res + out
 
 
 _UNSET = object()
@@ -363,59 +299,83 @@ def _read(thunk: Callable[[], Any]) -> Any:
         return _UNSET
 
 
-def _rows_to_take(values: tuple, batch: int) -> Optional[Tuple[int, ...]]:
-    """The positions of ``values`` to gather (tensors of ``batch`` samples),
-    or None where skip mode cannot apply: a tensor of another first size, or a
-    container holding tensors, among the inputs derived from samples."""
+def _rows_to_take(values: tuple, batch: int, dim: int) -> Optional[Tuple[int, ...]]:
+    """The positions of ``values`` to gather (tensors of ``batch`` samples
+    along ``dim``), or None where skip mode cannot apply: among the inputs
+    derived from samples, a tensor of another size there, a container
+    holding tensors, or a list of one entry per sample."""
     rows = []
     for position, value in enumerate(values):
         if isinstance(value, Tensor):
-            if value.dim() == 0 or value.shape[0] != batch:
+            if value.dim() <= dim or value.shape[dim] != batch:
                 return None
             rows.append(position)
-        elif isinstance(value, (tuple, list, dict)) and any(
-                isinstance(v, Tensor) for v in (value.values() if isinstance(value, dict) else value)):
+        elif isinstance(value, (tuple, list, dict)) and (isinstance(value, list) and len(value) == batch or any(
+                isinstance(v, Tensor) for v in (value.values() if isinstance(value, dict) else value))):
             return None
     return tuple(rows) if rows else None
 
 
-def _unambiguous(shared: Any, batch: int) -> bool:
-    """No input the branch takes whole is a tensor whose first size is the
-    batch size (it might hold one row per sample: then every sample is computed)."""
+def _unambiguous(shared: Any, batch: int, dim: int) -> bool:
+    """No input the branch takes whole might hold one row per sample that
+    verification cannot tell from a table shared by all: an integer or
+    boolean tensor with the batch size along the batch dim (indices, masks),
+    a list of one entry per sample. (Floating inputs of that size are filled
+    with random rows in verification, which a per-sample one then fails;
+    other layouts, such as an attention mask of ``B * heads`` rows, make a
+    new kind of call, verified before it runs in skip mode: ``_signature``.)"""
     if shared is _UNSET or batch == 1:
         return True
-    return not any(isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == batch for t in shared)
+    for value in shared:
+        if isinstance(value, Tensor) and value.dim() > dim and value.shape[dim] == batch and \
+                not value.is_floating_point():
+            return False
+        if isinstance(value, list) and len(value) == batch:
+            return False
+    return True
 
 
 # ---- verification before compiling -------------------------------------------------------
 
 
 def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
-    """Verify the generically fused blocks of ``model`` now: one eager
-    training-mode forward of ``model(*args, **kwargs)`` with no autograd and
-    the random streams forked (nothing the user trains or draws changes).
+    """Verify the generically fused blocks of ``model`` now, on the inputs
+    each block receives in ``model(*args, **kwargs)`` (at least two samples).
 
-    Blocks are otherwise verified on their first eager training call; a block
-    not yet verified runs the stock forward under ``torch.compile``, so call
-    this before compiling a model with generically fused blocks (inputs of at
-    least two samples).
+    Blocks are otherwise verified on their first eager training call of each
+    kind (``torch.compile`` included: see the README). This runs one
+    training-mode forward of a private copy of ``model`` on copies of the
+    inputs, with no autograd and the random streams forked: nothing of the
+    model, the inputs or the random streams changes but the blocks' verdicts.
 
     Returns:
         For each generically fused block (by name): None when verified (it runs
-        in skip mode), else the reason it runs the stock forward.
+        in skip mode), else why not (the reason it runs the stock forward for
+        good, or why this call could not verify it).
     """
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, GenericFusedBlock)}
-    training = {m: m.training for m in model.modules()}
-    devices = _cuda_devices(model)
-    try:
-        model.train()
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            model(*args, **kwargs)
-    finally:
-        for module, mode in training.items():
-            module.training = mode
+    devices = sorted({t.device.index or 0 for t in itertools.chain(model.parameters(), model.buffers())
+                      if t.device.type == "cuda"})
+    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        probe = _verification.copy_module(model)
+        args, kwargs = _verification.copy_inputs(args, kwargs)
+        probe.train()
+        probe(*args, **kwargs)
+    copies = dict(probe.named_modules())
     result = {}
     for name, block in blocks.items():
-        verdict = _state(block).get("verdict")
-        result[name] = None if verdict == _VERIFIED else (verdict or "not called with two or more samples")
+        theirs, mine = _state(copies[name]), _state(block)
+        mine["signatures"] |= theirs["signatures"]
+        mine["sites"] = mine.get("sites", frozenset()) | theirs.get("sites", frozenset())
+        verdict = theirs.get("verdict")
+        if verdict is not None and mine.get("verdict", _VERIFIED) == _VERIFIED:
+            mine["verdict"] = verdict
+            if verdict != _VERIFIED:
+                _reject(block, verdict)
+        mine["undecided"] = max(mine.get("undecided", 0), theirs.get("undecided", 0))
+        if mine.get("verdict") == _VERIFIED:
+            result[name] = None
+        else:
+            result[name] = mine.get("verdict") or theirs.get("last_undecided") or \
+                "not called in training with two or more samples"
     return result

@@ -1,8 +1,9 @@
 """Fused residual blocks for timm: the ViT ``Block`` and ``ConvNeXtBlock``
 (ConvNeXt v1 and v2). See ``convert.py`` for how a mixin fuses a block.
 
-Each mixin's forward reads drop_prob / scale_by_keep from the block's own
-stochastic-depth child on every call, so a drop-rate schedule that sets
+Each mixin's forward reads drop_prob / scale_by_keep and the training flag
+from the block's own stochastic-depth child on every call (a model that sets
+its DropPath modules to eval drops nothing, as the stock model), so a drop-rate schedule that sets
 ``DropPath.drop_prob`` acts on fused blocks too. A child that is nn.Identity
 (timm's drop rate 0) means no drop; ``hasattr`` on a submodule is resolved when
 TorchScript compiles, so only the branch that applies is compiled. Under
@@ -38,17 +39,17 @@ class _FusedViTBlock(FusedBlock):
             p2, s2 = self.drop_path2.drop_prob, self.drop_path2.scale_by_keep
         if torch.jit.is_scripting() or attn_mask is not None or is_causal:
             branch = self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal))
-            x = F._backend.add(x, branch, p1, self.training, s1, 0, None, None)
+            x = F._backend.add(x, branch, p1, self.drop_path1.training, s1, 0, None, None)
             branch = self.ls2(self.mlp(self.norm2(x)))
-            return F._backend.add(x, branch, p2, self.training, s2, 0, None, None)
+            return F._backend.add(x, branch, p2, self.drop_path2.training, s2, 0, None, None)
         elif self._droppath_runs_stock():
             return self._droppath_stock_forward(x, attn_mask=attn_mask, is_causal=is_causal)
         else:
             x = drop_path_residual(
-                x, self._droppath_attn_branch, p1, self.training, s1, skip_dropped=self._droppath_policy(p1)
+                x, self._droppath_attn_branch, p1, self.drop_path1.training, s1, skip_dropped=self._droppath_policy(p1)
             )
             return drop_path_residual(
-                x, self._droppath_mlp_branch, p2, self.training, s2, skip_dropped=self._droppath_policy(p2)
+                x, self._droppath_mlp_branch, p2, self.drop_path2.training, s2, skip_dropped=self._droppath_policy(p2)
             )
 
     def _droppath_attn_branch(self, x: Tensor) -> Tensor:
@@ -66,13 +67,14 @@ class _FusedTimmConvNeXtBlock(FusedBlock):
         if hasattr(self.drop_path, "drop_prob"):
             p, s = self.drop_path.drop_prob, self.drop_path.scale_by_keep
         if torch.jit.is_scripting():
-            return F._backend.add(self.shortcut(x), self._droppath_branch(x), p, self.training, s, 0, None, None)
+            return F._backend.add(self.shortcut(x), self._droppath_branch(x), p, self.drop_path.training, s, 0,
+                                  None, None)
         elif self._droppath_runs_stock():
             return self._droppath_stock_forward(x)
         else:
             shortcut = self.shortcut(x)
             return drop_path_residual(
-                x, self._droppath_branch, p, self.training, s, residual=shortcut,
+                x, self._droppath_branch, p, self.drop_path.training, s, residual=shortcut,
                 skip_dropped=self._droppath_policy(p),
             )
 

@@ -20,12 +20,14 @@ class _FusedTorchvisionCNBlock(FusedBlock):
     def forward(self, input: Tensor) -> Tensor:
         p = float(self.stochastic_depth.p)
         if torch.jit.is_scripting():
-            return F._backend.add(input, self._droppath_branch(input), p, self.training, True, 0, None, None)
+            return F._backend.add(input, self._droppath_branch(input), p, self.stochastic_depth.training, True, 0,
+                                  None, None)
         elif self._droppath_runs_stock():
             return self._droppath_stock_forward(input)
         else:
             return drop_path_residual(
-                input, self._droppath_branch, p, self.training, True, skip_dropped=self._droppath_policy(p)
+                input, self._droppath_branch, p, self.stochastic_depth.training, True,
+                skip_dropped=self._droppath_policy(p),
             )
 
     def _droppath_branch(self, input: Tensor) -> Tensor:

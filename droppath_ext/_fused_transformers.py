@@ -108,8 +108,10 @@ class _FusedDinov2Layer(FusedBlock):
         def mlp(x: Tensor) -> Tensor:
             return self.layer_scale2(self.mlp(self.norm2(x)))
 
-        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.drop_path.training,
+                                           skip_dropped=attention_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.drop_path.training,
+                                  skip_dropped=self._droppath_policy(p))
 
 
 class _FusedDinov3ViTLayer(FusedBlock):
@@ -133,8 +135,10 @@ class _FusedDinov3ViTLayer(FusedBlock):
         def mlp(x: Tensor) -> Tensor:
             return self.layer_scale2(self.mlp(self.norm2(x)))
 
-        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.drop_path.training,
+                                           skip_dropped=attention_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.drop_path.training,
+                                  skip_dropped=self._droppath_policy(p))
 
 
 class _FusedConvNextLayer(FusedBlock):
@@ -146,7 +150,7 @@ class _FusedConvNextLayer(FusedBlock):
         if self._droppath_runs_stock():
             return self._droppath_stock_forward(features)
         p = _drop_prob(self.drop_path)
-        return drop_path_residual(features, self._droppath_branch, p, self.training,
+        return drop_path_residual(features, self._droppath_branch, p, self.drop_path.training,
                                   skip_dropped=self._droppath_policy(p))
 
     def _droppath_branch(self, features: Tensor) -> Tensor:
@@ -194,8 +198,10 @@ class _FusedBeitLayer(FusedBlock):
         def mlp(x: Tensor) -> Tensor:
             return self.lambda_2 * self.dropout(self.mlp(self.layernorm_after(x)))
 
-        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        return drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.drop_path.training,
+                                           skip_dropped=attention_skip)
+        return drop_path_residual(hidden_states, mlp, p, self.drop_path.training,
+                                  skip_dropped=self._droppath_policy(p))
 
 
 class _FusedData2VecVisionLayer(FusedBlock):
@@ -222,8 +228,10 @@ class _FusedData2VecVisionLayer(FusedBlock):
             x = self.output(self.intermediate(self.layernorm_after(x)))
             return x if self.lambda_2 is None else self.lambda_2 * x
 
-        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=attention_skip)
-        layer_output = drop_path_residual(hidden_states, mlp, p, self.training, skip_dropped=self._droppath_policy(p))
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.drop_path.training,
+                                           skip_dropped=attention_skip)
+        layer_output = drop_path_residual(hidden_states, mlp, p, self.drop_path.training,
+                                          skip_dropped=self._droppath_policy(p))
         return (layer_output,) + tuple(attention_outputs)
 
 
@@ -259,7 +267,7 @@ class _FusedSwinLayer(FusedBlock):
         returns_weights = getattr(self.attention.config, "_attn_implementation", "eager") == "eager"
         p = _drop_prob(self.drop_path)
         skip = self._droppath_policy(p) if not returns_weights and not kwargs else False
-        hidden_states = drop_path_residual(hidden_states, attention, p, self.training, skip_dropped=skip)
+        hidden_states = drop_path_residual(hidden_states, attention, p, self.drop_path.training, skip_dropped=skip)
         residual = hidden_states
         hidden_states = self.mlp(self.layernorm_after(hidden_states))
         return self.dropout(hidden_states) + residual, weights[0]

@@ -40,6 +40,7 @@ import ast
 import inspect
 import re
 import textwrap
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
@@ -115,6 +116,7 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
            for node in ast.walk(definition)):
         return Rewrite(reason=f"{cls.__name__}.forward uses yield, await, global or nonlocal")
     ast.increment_lineno(tree, first_line - 1)
+    _explicit_super(definition)
 
     analysis = _Analysis(definition, drop_paths)
     rewritten = analysis.rewrite_list(definition.body, live_out=set())
@@ -129,15 +131,16 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     module = ast.Module(body=[factory], type_ignores=[])
     ast.copy_location(factory, definition)
     ast.fix_missing_locations(module)
-    code = compile(module, filename, "exec")
-    namespace: dict = {}
-    exec(code, function.__globals__, namespace)  # noqa: S102 - the class's own code, rewritten
-    make_forward = namespace[_FACTORY]
-    cells = tuple(cell.cell_contents for cell in (function.__closure__ or ()))
+    code = _nested_code(_nested_code(compile(module, filename, "exec"), _FACTORY), definition.name)
+    # The stock forward's own closure cells, not their values: a name the forward reads from an
+    # enclosing scope and that scope rebinds later is read as the stock forward reads it.
+    cells = dict(zip(freevars, function.__closure__ or ()))
 
     def make(site: Callable) -> Callable:
-        forward = make_forward(site, samples, *cells)
-        forward.__defaults__ = function.__defaults__
+        own = {SITE: types.CellType(site), SAMPLES: types.CellType(samples)}
+        closure = tuple(own[name] if name in own else cells[name] for name in code.co_freevars)
+        forward = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__,
+                                     closure or None)
         forward.__kwdefaults__ = function.__kwdefaults__
         return forward
 
@@ -516,7 +519,9 @@ class _Analysis:
                   ast.Tuple(elts=[_thunk(ast.Name(id=n, ctx=load)) for n in gathered], ctx=load),
                   ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed] +
                             [_thunk(ast.Name(id=n, ctx=load)) for n in batch_names], ctx=load), probe],
-            keywords=[])
+            # `res += dp(B)` adds into the residual's own tensor, which the caller may hold: the site does too.
+            keywords=[ast.keyword(arg="inplace", value=ast.Constant(value=True))] if isinstance(stmt, ast.AugAssign)
+            else [])
         if isinstance(target, int):  # one element of a returned tuple
             elements = list(stmt.value.elts)
             elements[target] = call
@@ -531,6 +536,25 @@ class _Analysis:
         for node in defined:
             ast.copy_location(node, stmt)
         return start, end, defined + [new_stmt]
+
+
+def _explicit_super(definition: ast.FunctionDef) -> None:
+    """Zero-argument ``super()`` becomes ``super(__class__, self)``: a branch
+    moved into a nested function would otherwise call it with the nested
+    function's first argument (a tensor) as the instance."""
+    arguments = definition.args.posonlyargs + definition.args.args
+    if not arguments:
+        return
+    me = arguments[0].arg
+    for node in ast.walk(definition):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super" and \
+                not node.args and not node.keywords:
+            node.args = [ast.Name(id="__class__", ctx=ast.Load()), ast.Name(id=me, ctx=ast.Load())]
+
+
+def _nested_code(code: types.CodeType, name: str) -> types.CodeType:
+    """The code object of the function ``name`` defined in ``code``."""
+    return next(c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == name)
 
 
 def samples(outer: Callable[[], int], *values) -> int:

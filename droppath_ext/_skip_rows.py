@@ -39,6 +39,14 @@ def host_row_maps(host_factors: Tensor, granule: int, at_least: int = 0) -> tupl
     return rows, index, kept, rows_computed
 
 
+def min_rows(batch: int) -> int:
+    """The fewest rows skip mode computes: two (one kept, one dropped and
+    discarded) where the batch has two, so a branch never meets a batch of
+    one that the stock model never gives it (``.squeeze()`` would drop the
+    batch dim); one where the batch has one."""
+    return min(2, batch)
+
+
 def to_device(host: Tensor, device: torch.device) -> Tensor:
     """A host tensor on ``device`` without synchronising (pinned, non-blocking)."""
     if device.type == "cpu":
@@ -52,18 +60,19 @@ _TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if 
 @torch.library.custom_op("droppath_ext::_row_maps", mutates_args=(), tags=_TAGS)
 def row_maps(host_factors: Tensor, granule: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """``(factors, rows, index)`` on ``device`` from factors drawn on the host.
-    At least one row is computed (a dropped one, discarded, when every sample
-    is dropped): compiled code then never meets an empty batch, whose
+    At least ``min_rows`` rows are computed (dropped ones, discarded, when
+    fewer are kept): compiled code then never meets an empty batch, whose
     emptiness many ops would have to test (and a data-dependent size cannot be
-    tested while compiling)."""
-    rows, index, _, _ = host_row_maps(host_factors, granule, at_least=1)
-    factors = host_factors.clone() if device.type == "cpu" else to_device(host_factors, device)  # (no alias of an input)
+    tested while compiling), nor a batch of one."""
+    rows, index, _, _ = host_row_maps(host_factors, granule, at_least=min_rows(host_factors.shape[0]))
+    # (a clone on the CPU: an op's output must not alias its input)
+    factors = host_factors.clone() if device.type == "cpu" else to_device(host_factors, device)
     return factors, to_device(rows, device), to_device(index, device)
 
 
 def _rows_computed_size(batch) -> torch.SymInt:
-    """A new unbacked size in [1, batch] (at least one row: see row_maps) for
-    the count of rows computed.
+    """A new unbacked size in [min_rows(batch), batch] (see row_maps) for the
+    count of rows computed.
 
     ``new_dynamic_size`` refuses unless the ShapeEnv allows data-dependent
     output shapes, which dynamo allows under ``fullgraph=True`` only (without
@@ -72,7 +81,7 @@ def _rows_computed_size(batch) -> torch.SymInt:
     design, so the size is made directly, in every compile mode.
     """
     ctx = torch.library.get_ctx()
-    low = 0 if isinstance(batch, int) and batch == 0 else 1
+    low = min_rows(batch) if isinstance(batch, int) else 2  # (dynamo specialises batch sizes 0 and 1)
     bound = {"max": batch} if isinstance(batch, int) else {}
     try:
         return ctx.new_dynamic_size(min=low, **bound)

@@ -1,11 +1,14 @@
-"""``convert_model``: swap the stochastic-depth modules of any library for this
-package's, and optionally fuse residual blocks so that dropped samples'
-branches are never computed.
+"""``convert_model``: make the stochastic-depth modules of any library run on
+this package's ops, and optionally fuse residual blocks so that dropped
+samples' branches are never computed.
 
-Replaced: timm's ``DropPath`` and torchvision's ``StochasticDepth`` (known
+Converted: timm's ``DropPath`` and torchvision's ``StochasticDepth`` (known
 exactly), and any module whose class name says stochastic depth (transformers'
 ``XxxDropPath``, MONAI's, SAM2's, a research codebase's pasted copy of timm's)
-once a copy of it passed a behaviour check (``_discovery.py``).
+once a copy of it passed a behaviour check (``_discovery.py``). A converted
+module is the same object with a subclass of its own class (``_converted.py``):
+still an instance of its library's class, of the same name and repr, reading
+its library's rate attribute and its own training flag on every call.
 
 Fused (``fuse_residual=True``): hand-written forms where they exist --
 timm's ViT ``Block`` and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's
@@ -13,15 +16,16 @@ timm's ViT ``Block`` and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's
 one a form was written for (``_fused_transformers.py``) -- and any other block
 holding a stochastic-depth module whose forward adds it to a residual in the
 usual ways, from a rewrite of that forward (``_rewrite.py``), verified against
-the stock forward on the block's first training call before it is trusted
-(``_fused_generic.py``). Blocks with BatchNorm (batch statistics) are never
-fused.
+the stock forward on private copies before it is trusted
+(``_fused_generic.py``, ``_verification.py``). Blocks with BatchNorm (batch
+statistics) are never fused.
 
-A fused block is the same object with a new class: a subclass of its own
-class whose ``forward`` comes from a mixin, reading the drop rate from the
-block's own stochastic-depth child on every call. Parameters, buffers and
-state-dict keys are unchanged, eval outputs equal the original's bit for bit,
-and so do training outputs in the masked form (float32/float64, same seed).
+A fused block is the same object with a new class of the same name: a
+subclass of its own class whose ``forward`` comes from a mixin, reading the
+drop rate and training flag from the block's own stochastic-depth children on
+every call. Parameters, buffers and state-dict keys are unchanged, eval
+outputs equal the original's bit for bit, and so do training outputs in the
+masked form (float32/float64, same seed).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from typing import Callable, Dict, List, Optional
 
 from torch import nn
 
-from . import _discovery, _fused_generic, _fused_timm, _fused_torchvision, _fused_transformers
+from . import _converted, _discovery, _fused_generic, _fused_timm, _fused_torchvision, _fused_transformers
 from .modules import DropPath, StochasticDepth
+from ._fused_block import hook_inside
 from .residual import SkipDropped
 
 _log = logging.getLogger("droppath_ext")
@@ -44,7 +49,7 @@ class ConversionReport:
     """What :func:`convert_model` did, by qualified module name."""
 
     replaced: List[str] = field(default_factory=list)
-    """Stochastic-depth modules swapped for this package's."""
+    """Stochastic-depth modules converted (in place) to run on this package's ops."""
     fused: List[str] = field(default_factory=list)
     """Residual blocks rewritten to skip dropped samples' compute."""
     unfused: List[str] = field(default_factory=list)
@@ -57,6 +62,10 @@ class ConversionReport:
     library whose copy failed the behaviour check)."""
     reasons: Dict[str, str] = field(default_factory=dict)
     """For each name in ``unfused`` and ``not_replaced``: why."""
+    notes: Dict[str, str] = field(default_factory=dict)
+    """For fused blocks that, as the model stands at conversion, would run the
+    stock forward instead of skip mode: why (a hook watching a module inside
+    the block, which must see the whole batch)."""
 
 
 def _class_path(module: nn.Module) -> str:
@@ -64,22 +73,20 @@ def _class_path(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _replacement(module: nn.Module) -> tuple[Optional[nn.Module], Optional[str]]:
-    """(this package's module to put in ``module``'s place, None), or
+def _conversion(module: nn.Module) -> tuple[Optional[tuple], Optional[str]]:
+    """((rate attribute, scale_by_keep or None to read the module's own), None)
+    for a stochastic-depth module to convert in place (``_converted``), or
     (None, why it stays) for a candidate that is not equivalent, or (None, None)."""
     if _discovery.is_timm_drop_path(module):
-        new = DropPath(float(module.drop_prob), bool(getattr(module, "scale_by_keep", True)))
-    elif _discovery.is_torchvision_stochastic_depth(module):
-        new = StochasticDepth(float(module.p), str(module.mode))
-    elif _discovery.is_candidate(module):
+        return ("drop_prob", None if isinstance(getattr(module, "scale_by_keep", None), bool) else True), None
+    if _discovery.is_torchvision_stochastic_depth(module):
+        return ("p", None), None
+    if _discovery.is_candidate(module):
         verdict = _discovery.check(module)
         if verdict.reason is not None:
             return None, verdict.reason
-        new = DropPath(_discovery.drop_prob(module), verdict.scale_by_keep)
-    else:
-        return None, None
-    new.train(module.training)
-    return new, None
+        return (verdict.rate, None if verdict.scale_attribute else verdict.scale_by_keep), None
+    return None, None
 
 
 _MIXES_SAMPLES = "its branch mixes samples (BatchNorm uses batch statistics)"
@@ -133,9 +140,11 @@ def _fuser(module: nn.Module) -> tuple[Optional[type], Optional[str]]:
 
 def _fused_class(cls: type, mixin: type) -> type:
     if cls not in _FUSED_CLASSES:
-        name = f"DropPathFused{cls.__name__}"
-        namespace = {"__module__": __name__, "__qualname__": name, "__reduce_ex__": _reduce_fused_block,
-                     "_droppath_stock_class": cls}
+        # The block's own name, module and doc: code that finds modules by their class name (a schedule
+        # matching 'DropPath' in it, a switch for 'Block') sees what it saw before conversion.
+        name = cls.__name__
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
+                     "__reduce_ex__": _reduce_fused_block, "_droppath_stock_class": cls}
         if mixin is _fused_generic.GenericFusedBlock:
             namespace["forward"] = _fused_generic.fused_forward(cls)
         fused = type(name, (mixin, cls), namespace)
@@ -171,10 +180,13 @@ def convert_model(
     skip_dropped: SkipDropped = "auto",
     return_report: bool = False,
 ):
-    """Replace every stochastic-depth module in ``model`` (in place) with
-    :class:`droppath_ext.DropPath` / :class:`droppath_ext.StochasticDepth`
-    (same probability, ``scale_by_keep`` and mode): timm's and torchvision's,
-    and those of any other library that pass a behaviour check.
+    """Convert every stochastic-depth module in ``model`` (in place) to run on
+    this package's ops: timm's and torchvision's, and those of any other
+    library that pass a behaviour check. Each stays the same object, an
+    instance of its library's class (and of :class:`droppath_ext.DropPath` /
+    :class:`droppath_ext.StochasticDepth`), with its name, repr and
+    attributes; writes to its rate attribute and its own ``train()`` /
+    ``eval()`` keep acting.
 
     Args:
         model: any module; converted in place and returned.
@@ -184,8 +196,8 @@ def convert_model(
             transformers Dinov2/DINOv3-ViT/ConvNext/ConvNextV2/Beit/
             Data2VecVision/Swin layers), and any block whose forward adds its
             stochastic-depth module's output to a residual (a rewrite of its
-            forward, verified on its first training call: see
-            :func:`droppath_ext.verify_fused` before ``torch.compile``).
+            forward, verified on private copies on its first training call of
+            each kind: see :func:`droppath_ext.verify_fused`).
             Blocks whose branch mixes samples (BatchNorm, or a rewrite that
             fails its verification) and blocks without such a residual are
             left as they are, logged, and listed in the report with the reason.
@@ -197,23 +209,14 @@ def convert_model(
         return_report: return ``(model, ConversionReport)`` instead of the model.
     """
     report = ConversionReport()
-    root, reason = _replacement(model)
-    if root is not None:
-        report.replaced.append("")
-        model = root
-    elif reason is not None:
-        report.not_replaced.append("")
-        report.reasons[""] = reason
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            new, reason = _replacement(child)
-            if new is not None:
-                setattr(parent, child_name, new)
-                report.replaced.append(name)
-            elif reason is not None:
-                report.not_replaced.append(name)
-                report.reasons[name] = reason
+    for name, module in list(model.named_modules()):
+        conversion, reason = _conversion(module)
+        if conversion is not None:
+            _converted.convert(module, *conversion)
+            report.replaced.append(name)
+        elif reason is not None:
+            report.not_replaced.append(name)
+            report.reasons[name] = reason
 
     if fuse_residual:
         fused_classes = set(_FUSED_CLASSES.values())
@@ -231,8 +234,14 @@ def convert_model(
             module.droppath_skip = skip_dropped
             module.__class__ = _fused_class(type(module), mixin)
             report.fused.append(name)
+            hook = hook_inside(module) if skip_dropped is not True else None
+            if hook is not None:
+                report.notes[name] = f"runs the stock forward while {hook} watches it (skip_dropped=True " \
+                                     f"runs skip mode anyway, the hook then seeing the computed samples only)"
             if mixin is _fused_generic.GenericFusedBlock:
                 _fused_generic.prepare(module, report, name)
     for name in report.unfused + report.not_replaced:
         _log.info("convert_model: left %r as it is: %s", name, report.reasons[name])
+    for name, note in report.notes.items():
+        _log.info("convert_model: fused %r %s", name, note)
     return (model, report) if return_report else model

@@ -1,5 +1,7 @@
 """``nn.Module`` wrappers with timm's and torchvision's signatures and reprs."""
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,9 @@ class DropPath(nn.Module):
             ``[seq, batch, hidden]`` activations.
     """
 
+    batch_dim: int = 0
+    """(A class default too: a library's module converted in place has no attribute of its own.)"""
+
     def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True, batch_dim: int = 0) -> None:
         super().__init__()
         check_drop_prob(float(drop_prob))
@@ -34,6 +39,10 @@ class DropPath(nn.Module):
         return F._backend.forward(
             x, self.drop_prob, self.training, self.scale_by_keep, self.batch_dim, None, None
         )
+
+    def _droppath_settings(self) -> Optional[Tuple[float, bool, int]]:
+        """(drop rate, scale_by_keep, batch_dim) as fused residuals read them on every call."""
+        return float(self.drop_prob), bool(self.scale_by_keep), int(self.batch_dim)
 
     def extra_repr(self) -> str:
         text = f"drop_prob={round(self.drop_prob, 3):0.3f}"
@@ -50,6 +59,10 @@ class StochasticDepth(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.stochastic_depth(input, self.p, self.mode, self.training)
+
+    def _droppath_settings(self) -> Optional[Tuple[float, bool, int]]:
+        """(drop rate, True, 0) in "row" mode; None in "batch" mode (one draw for the whole batch)."""
+        return (float(self.p), True, 0) if self.mode == "row" else None
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"

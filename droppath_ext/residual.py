@@ -155,11 +155,13 @@ def drop_path_residual(
 
     Returns:
         A new tensor. In eval mode or at ``drop_prob == 0``: ``residual + branch_fn(x)``.
-        Skip mode computes at least one sample: when every sample is dropped
-        the branch runs on one dropped sample whose output is discarded, so
-        its parameters stay in the autograd graph with zero gradients
-        (DistributedDataParallel needs every parameter to receive a gradient)
-        and no branch meets an empty batch (many ops cannot take one).
+        Skip mode computes at least two samples (one in a batch of one): when
+        fewer are kept the branch also runs on dropped samples whose output
+        is discarded, so its parameters stay in the autograd graph with zero
+        gradients (DistributedDataParallel needs every parameter to receive a
+        gradient), no branch meets an empty batch (many ops cannot take one),
+        and none meets a batch of one the stock model never gives it (a
+        ``.squeeze()`` would drop the batch dim).
     """
     check_drop_prob(drop_prob)
     check_input(x, "x")
@@ -203,19 +205,18 @@ def skip_residual(mode: str, inputs: tuple, res: Tensor, branch_fn: Callable[...
 
 def _skip(inputs, res, branch_fn, dim, drop_prob, scale_by_keep, generator) -> Tensor:
     backend = functional._backend
-    x = inputs[0]
-    batch = x.shape[dim]
-    factors, host_factors = _draw(x, dim, drop_prob, scale_by_keep, generator)
+    batch = res.shape[dim]
+    factors, host_factors = _draw(res, dim, drop_prob, scale_by_keep, generator)
     rows, index, _, rows_computed = _skip_rows.host_row_maps(
-        host_factors, branch_batch_granule(batch, x.device.type), at_least=1)
+        host_factors, branch_batch_granule(batch, res.device.type), at_least=_skip_rows.min_rows(batch))
     if factors is None:
-        factors = _skip_rows.to_device(host_factors, x.device)
+        factors = _skip_rows.to_device(host_factors, res.device)
     if rows_computed == batch:
         res, branch = _aligned(res, branch_fn(*inputs), dim, batch)
         return backend.add_rows(res, branch, factors, dim)
-    maps = _skip_rows.to_device(torch.cat([rows, index]), x.device)
+    maps = _skip_rows.to_device(torch.cat([rows, index]), res.device)
     rows, index = maps[:batch], maps[batch:]
-    taken = tuple(backend.take_rows(t, index, rows, None, dim) for t in inputs)
+    taken = tuple(_take(t, index, rows, dim) for t in inputs)
     res, branch = _aligned(res, branch_fn(*taken), dim, rows_computed)
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
 
@@ -225,14 +226,21 @@ def _skip_compiled(inputs, res, branch_fn, dim, drop_prob, scale_by_keep) -> Ten
     count of rows is an unbacked size, _skip_rows), no shortcut for the
     all-kept and all-dropped draws (the gather/scatter handle both)."""
     backend = functional._backend
-    x = inputs[0]
-    batch = x.shape[dim]
-    _, host_factors = _draw(x, dim, drop_prob, scale_by_keep, None)
+    batch = res.shape[dim]
+    _, host_factors = _draw(res, dim, drop_prob, scale_by_keep, None)
     factors, rows, index = torch.ops.droppath_ext._row_maps(
-        host_factors, branch_batch_granule(batch, x.device.type), x.device)
-    taken = tuple(backend.take_rows(t, index, rows, None, dim) for t in inputs)
+        host_factors, branch_batch_granule(batch, res.device.type), res.device)
+    taken = tuple(_take(t, index, rows, dim) for t in inputs)
     res, branch = _aligned(res, branch_fn(*taken), dim, index.shape[0])
     return backend.add_taken_rows(res, branch, factors, rows, index, dim)
+
+
+def _take(x: Tensor, index: Tensor, rows: Tensor, dim: int) -> Tensor:
+    """The rows ``index`` of ``x`` along ``dim``: the gather kernel for
+    floating tensors; ``index_select`` for others (indices, masks: no gradient)."""
+    if x.is_floating_point():
+        return functional._backend.take_rows(x, index, rows, None, dim)
+    return x.index_select(dim, index)
 
 
 _forced_factors: Dict[int, Callable[[int, torch.dtype], Tensor]] = {}

@@ -1,6 +1,6 @@
 """Skip mode under DistributedDataParallel (and FSDP) on CPU with gloo: two
 real processes on loopback, a converted timm ViT at drop_path_rate 0.5 with
-batch 2 per rank, so blocks regularly drop every sample on a rank."""
+batch 4 per rank, so blocks regularly drop every sample on a rank."""
 
 import os
 import socket

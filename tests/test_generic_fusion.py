@@ -17,7 +17,7 @@ from torch import nn
 
 import droppath_ext as dp
 import research_model
-from droppath_ext import _fused_generic, residual
+from droppath_ext import _fused_generic, _verification, residual
 from conftest import import_or_skip
 from steps import assert_same_step, step
 
@@ -209,13 +209,16 @@ def test_shared_inputs_pass_whole_and_a_batch_sized_one_computes_every_sample():
     x = torch.randn(8, 6, 4)
     masked = dp.convert_model(copy.deepcopy(block), fuse_residual=True, skip_dropped=False)
     for table in (torch.randn(6, 4), torch.randn(8, 1, 4)):
-        # (6, 4): a per-position table; (8, 1, 4): as many rows as samples -- maybe per-sample, so no skipping
+        # (6, 4): a per-position table; (8, 1, 4): one row per sample, which the rewrite passes whole:
+        # its verification fails (a new kind of call), and the block runs the stock forward from then on.
+        block(x, table, scale=0.5)  # (the first call of its kind verifies)
         with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
             torch.manual_seed(1)
             got = block(x, table, scale=0.5)
         torch.manual_seed(1)
         torch.testing.assert_close(got, masked(x, table, scale=0.5))
         assert skip.called == (table.shape[0] != 8)
+    assert "the rewritten forward raised" in block.__dict__["_droppath_state"]["verdict"]
 
 
 def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
@@ -312,7 +315,7 @@ def test_data_parallel_replicas_share_the_verdict_and_threads_verify_apart():
     assert not errors
     # Each verified on its own thread, and the blocks the replicas came from hold the verdict.
     assert [b.__dict__["_droppath_state"].get("verdict") for b in blocks] == ["", ""]
-    assert not residual._forced_factors and not _fused_generic._verifying
+    assert not residual._forced_factors and not _verification._verifying
 
 
 def test_generic_blocks_script_pickle_and_keep_the_stock_signature(tmp_path):

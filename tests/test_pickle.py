@@ -42,8 +42,11 @@ def test_torch_save_of_a_fused_model_loads_in_a_fresh_process(name, tmp_path):
         model = torch.load({str(tmp_path / 'model.pt')!r}, weights_only=False)
         x, expected = torch.load({str(tmp_path / 'data.pt')!r})
         assert torch.equal(model(x), expected)
-        fused = [type(m).__name__ for m in model.modules() if type(m).__name__.startswith("DropPathFused")]
+        from droppath_ext._fused_block import FusedBlock
+        fused = [type(m).__name__ for m in model.modules() if isinstance(m, FusedBlock)]
         assert fused, "the fused blocks came back as fused blocks"
+        assert all(type(m).__name__ == type(m)._droppath_stock_class.__name__ for m in model.modules()
+                   if isinstance(m, FusedBlock)), "with their own class names"
         assert {{m.droppath_skip for m in model.modules() if hasattr(m, "droppath_skip")}} == {{False}}
         model.train()
         torch.manual_seed(0)

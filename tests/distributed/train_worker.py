@@ -14,7 +14,7 @@ import droppath_ext as dp
 from droppath_ext import residual
 
 STEPS = 20
-BATCH = 2
+BATCH = 4  # (skip mode computes at least two rows: a batch of 4 has rows to skip)
 
 
 def _model():
@@ -76,7 +76,7 @@ def worker(rank, port, mode, out_dir):
         _set_drop(model, 1.0 if rank == 0 else 0.5)
         wrapped = _wrap(model, mode)
         x = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(rank))
-        y = torch.tensor([1, 2])
+        y = torch.tensor([1, 2, 3, 4])
         torch.manual_seed(50 + rank)  # per-rank masks, the same for both modes
         torch.nn.functional.cross_entropy(wrapped(x), y).backward()
         grads[skip] = _full_grads(model, mode)
@@ -85,7 +85,7 @@ def worker(rank, port, mode, out_dir):
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
-    # 2. Training: 20 steps at drop_path_rate 0.5, batch 2 per rank, seeded per rank.
+    # 2. Training: 20 steps at drop_path_rate 0.5, batch 4 per rank, seeded per rank.
     #    skip_dropped=True: skip mode even with the counting hooks below (under
     #    "auto" a hook in a fused branch selects the masked form).
     model = dp.convert_model(_model(), fuse_residual=True, skip_dropped=True).train()
