@@ -2,13 +2,14 @@
 
 Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
 :func:`drop_path_residual`, :class:`DropPath`, :class:`StochasticDepth`,
-:func:`convert_model`, :func:`verify_fused`, :func:`backend`, :func:`replay_generators`.
+:func:`convert_model`, :func:`verify_fused`, :func:`skip_status`, :func:`backend`,
+:func:`replay_generators`.
 """
 
 from . import _inductor_fixes, _library
 from ._library import backend, backend_reason
 from .checkpointing import replay_generators
-from ._fused_generic import verify_fused
+from ._fused_generic import skip_status, verify_fused
 from .convert import ConversionReport, convert_model
 from .functional import drop_path, drop_path_add, stochastic_depth
 from .modules import DropPath, StochasticDepth
@@ -36,6 +37,7 @@ __all__ = [
     "drop_path_add",
     "drop_path_residual",
     "replay_generators",
+    "skip_status",
     "stochastic_depth",
     "verify_fused",
     "__version__",

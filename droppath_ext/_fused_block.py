@@ -1,10 +1,10 @@
-"""What every fused block shares, hand-written or generic: which form one call runs.
+"""What every fused block shares: which form one call runs.
 
 A fused block (``convert.py``) is the model's own block object with a new
-class: ``DropPathFused<Block>(mixin, Block)``. Its forward runs skip mode
-(dropped samples' branch never computed) where ``droppath_skip`` and
-:func:`droppath_ext.residual.skip_pays` say so, except where a hook would see
-the difference.
+class of the same name, a subclass of ``GenericFusedBlock`` and of its own.
+Its forward runs skip mode (dropped samples' branch never computed) where
+``droppath_skip`` and :func:`droppath_ext.residual.skip_pays` say so, except
+where a hook would see the difference.
 
 Hooks: a forward or forward-pre hook on a module inside the branch (or a
 global module hook) sees, in the stock model, the whole batch; in skip mode it
@@ -13,11 +13,13 @@ itself would never be called. So while any such hook exists (forward,
 forward-pre or backward hooks on any module under the block, or global module
 hooks), a block whose policy is ``"auto"`` or ``False`` runs the stock block's
 own forward, with this package's stochastic-depth modules: every hook sees
-what it sees in the stock model (the global hooks of torch's
-``ModuleTracker``, which ``FlopCounterMode`` registers, record only which
-modules run, and do not count). ``skip_dropped=True`` keeps skip mode with
-hooks (they then see the computed rows). The check reads a few dicts per
-submodule and runs per call, so hooks added or removed at any time count.
+what it sees in the stock model. Hooks that see nothing of the call do not
+count (``_hooks``: transformers' output recorders while nothing records, a
+library's permanent hooks that never read their arguments; the global hooks
+of torch's ``ModuleTracker``, which ``FlopCounterMode`` registers, record only
+which modules run). ``skip_dropped=True`` keeps skip mode with hooks (they
+then see the computed rows). The check reads a few dicts per submodule and
+runs per call, so hooks added or removed at any time count.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from . import _hooks
 
 _GLOBAL_HOOKS = tuple(
     name for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
@@ -60,10 +64,13 @@ def hook_inside(block: nn.Module) -> Optional[str]:
         hooks = getattr(nn.modules.module, name)
         if hooks and not all(_tracks_calls_only(h) for h in hooks.values()):
             return f"a global {_KINDS[name.replace('_global', '')]}"
+    compiling = torch.compiler.is_compiling()
     for where, module in block.named_modules():
         if module is not block:
             for name in _MODULE_HOOKS:
-                if getattr(module, name, None):
+                hooks = getattr(module, name, None)
+                # (while compiling, every hook counts: its code is not looked at inside a trace)
+                if hooks and (compiling or any(_hooks.observes_the_call(h) for h in hooks.values())):
                     return f"a {_KINDS[name]} on {where}"
     return None
 

@@ -46,8 +46,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import _rewrite, _tracing, _verification, residual
-from ._fused_block import FusedBlock
+from . import _rewrite, _tracing, _verification, _verify_under_compile, residual
+from ._fused_block import FusedBlock, hook_inside
 from .modules import DropPath, StochasticDepth
 
 _log = logging.getLogger("droppath_ext")
@@ -83,6 +83,22 @@ def why_not(block: nn.Module) -> Optional[str]:
     return rewrite_for(type(block), block).reason
 
 
+def branch_modules(block: nn.Module) -> list:
+    """The modules ``block``'s rewritten branches run (on the kept samples
+    only): the submodules their code reads, or every module of the block
+    where a branch calls one of the block's own methods (whose code the
+    rewrite does not see)."""
+    modules = []
+    for site_ in rewrite_for(type(block), block).sites:
+        for name in site_.attributes - {site_.drop_path}:
+            value = getattr(block, name, None)
+            if isinstance(value, nn.Module):
+                modules.append(value)
+            elif callable(value):
+                return list(block.modules())
+    return modules
+
+
 def fused_forward(cls: type) -> Callable:
     """The ``forward`` of ``cls``'s fused class: the stock signature and
     source (``__wrapped__``, for TorchScript and ``inspect``), dispatching to
@@ -101,7 +117,7 @@ def fused_forward(cls: type) -> Callable:
 def prepare(block: nn.Module, report: Any, name: str) -> None:
     """A newly fused ``block``: its verification state, unverified, and where a
     failed verification is to be reported."""
-    block.__dict__["_droppath_state"] = {}
+    block.__dict__["_droppath_state"] = {"signatures": set()}
     _REPORTS[block] = (weakref.ref(report), name)
 
 
@@ -124,12 +140,28 @@ class GenericFusedBlock(FusedBlock):
             return self._droppath_stock_forward(*args, **kwargs)
         signature = _signature(args, kwargs)
         if signature not in state["signatures"]:
-            if compiling or len(state["signatures"]) >= _MAX_SIGNATURES or \
+            if len(state["signatures"]) >= _MAX_SIGNATURES or \
                     (_verification.batch_size(self, args, kwargs, is_stochastic_depth) or 0) < 2:
                 return self._droppath_stock_forward(*args, **kwargs)
+            if compiling:
+                # The stock forward in this graph; the call verified when the graph runs (no graph break),
+                # and the graph compiled again with skip mode at the next call.
+                out = self._droppath_stock_forward(*args, **kwargs)
+                if _tracing.skip_mode(*tensors) != "compiled":  # (torch.export, a checkpoint region, ...)
+                    return out
+                return _verify_under_compile.request(self, out, args, kwargs)
             if not self._droppath_verify(args, kwargs, signature):
                 return self._droppath_stock_forward(*args, **kwargs)
         return _rewritten_forward(type(self)._droppath_stock_class, self)(self, *args, **kwargs)
+
+    def _droppath_verify_pending(self, args: tuple, kwargs: dict) -> None:
+        """Verify this call's kind now (from a compiled graph: ``_verify_under_compile``),
+        unless it is verified or the block rejected already."""
+        state = _state(self)
+        signature = _signature(args, kwargs)
+        if state.get("verdict", _VERIFIED) == _VERIFIED and signature not in state["signatures"] and \
+                len(state["signatures"]) < _MAX_SIGNATURES:
+            self._droppath_verify(args, kwargs, signature)
 
     def _droppath_verify(self, args: tuple, kwargs: dict, signature: tuple) -> bool:
         """Verify the rewrite on this call's inputs (``_verification``);
@@ -143,7 +175,8 @@ class GenericFusedBlock(FusedBlock):
                 _verification.REJECTED, "no residual could run in skip mode on these inputs (an input that "
                                         "carries samples is not a tensor of the batch's samples)")
         if outcome.status == _verification.VERIFIED:
-            state["signatures"].add(signature)
+            # (and for compiled code whose batch size is symbolic: any batch size of this kind)
+            state["signatures"].update({signature, _any_size(signature)})
             state["sites"] = state.get("sites", frozenset()) | outcome.sites
             state["verdict"] = _VERIFIED
             return True
@@ -170,23 +203,34 @@ _MAX_UNDECIDED = 3
 def _signature(args: tuple, kwargs: dict) -> tuple:
     """What of a call can change whether skip mode is exact, and is verified
     once per value: for tensors their dtype, device type, rank and first size
-    (the batch, a ``B * heads`` mask); which arguments are
-    None; flags (bools, strings); lengths of lists. Not other sizes or
-    numbers (image sizes vary from batch to batch in detection)."""
+    (the batch, a ``B * heads`` mask: None where it is symbolic, in a graph
+    compiled for any batch size); which arguments are None; flags (bools,
+    strings). Not other sizes or numbers (image sizes vary from batch to
+    batch in detection)."""
     def key(value: Any, depth: int = 0) -> Any:
         if isinstance(value, Tensor):
-            return ("tensor", value.dtype, value.device.type, value.dim(), tuple(value.shape[:1]))
+            size = value.shape[0] if value.dim() > 0 else None
+            return ("tensor", value.dtype, value.device.type, value.dim(), size if type(size) is int else None)
         if value is None or isinstance(value, (bool, str)):
             return value
-        if isinstance(value, (int, float)):
-            return type(value).__name__
+        if isinstance(value, (int, float, torch.SymInt, torch.SymFloat)):
+            return "number"
         if isinstance(value, (tuple, list)) and depth < 3:
             return (type(value).__name__, tuple(key(v, depth + 1) for v in value))
         if isinstance(value, dict) and depth < 3:
             return ("dict", tuple((k, key(v, depth + 1)) for k, v in value.items()))
         return type(value).__qualname__
 
-    return key(args), tuple((name, key(value)) for name, value in kwargs.items())
+    return key(tuple(args)), tuple((name, key(value)) for name, value in kwargs.items())
+
+
+def _any_size(signature: Any) -> Any:
+    """``signature`` with every tensor's first size left out."""
+    if isinstance(signature, tuple):
+        if len(signature) == 5 and signature[0] == "tensor":
+            return signature[:4] + (None,)
+        return tuple(_any_size(item) for item in signature)
+    return signature
 
 
 def _state(block: nn.Module) -> Dict[str, Any]:
@@ -198,8 +242,7 @@ def _state(block: nn.Module) -> Dict[str, Any]:
     block each call share it, so a replica's verification holds for the block."""
     state = block.__dict__.get("_droppath_state")
     if state is None:  # (set at conversion; a block fused by hand gets it here)
-        state = block.__dict__["_droppath_state"] = {}
-    state.setdefault("signatures", set())
+        state = block.__dict__["_droppath_state"] = {"signatures": set()}
     return state
 
 
@@ -227,7 +270,8 @@ def _settings(module: nn.Module) -> Optional[Tuple[float, bool, int]]:
 
 
 def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable], res: Any, branch: Callable,
-         gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple], inplace: bool = False):
+         gathered: Tuple[Callable[[], Any], ...], shared: tuple, probe: Callable[[], tuple],
+         batches: Tuple[Callable[[], int], ...] = (), inplace: bool = False, sides: int = 0):
     """One rewritten residual: ``res + dp(branch(*gathered, *shared))`` (or
     ``res + after(dp(...))``: a layer scale or gains the stock forward applies
     after drop path), the branch run on the kept samples where skip mode
@@ -244,7 +288,21 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
     runs: one unset on this path is passed as unset, the branch does not read
     it on this path), ``shared`` the inputs the branch takes as they are,
     ``probe()`` the other inputs it reads from the forward's scope, for their
-    shapes."""
+    shapes, ``batches`` the batch sizes it reads (``B`` of ``B, N, C =
+    x.shape``), which in skip mode are the number of samples it computes.
+    ``sides``: the branch also returns this many values the forward reads
+    after it (computed on the samples it computes); the site returns
+    ``(result, *those)``."""
+    if sides:
+        handed: list = []
+
+        def with_sides(*arguments):
+            out, *rest = branch(*arguments)
+            handed[:] = rest
+            return out
+
+        result = site(block, index, drop_path, after, res, with_sides, gathered, shared, probe, batches, inplace)
+        return (result, *handed)
     values = tuple(_read(thunk) for thunk in gathered)
     dp = getattr(block, drop_path)
     settings = _settings(dp)
@@ -269,13 +327,16 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
                 arguments = list(values)
                 for position, value in zip(rows, taken):
                     arguments[position] = value
-                out = branch(*arguments, *shared)
+                computed = taken[0].shape[dim]
+                # (a batch size is the first size of the tensor it was read from: the count computed there)
+                counts = tuple((lambda: computed) for _ in batches) if dim == 0 else batches
+                out = branch(*arguments, *shared, *counts)
                 return after(out) if after is not None else out
 
             inputs = tuple(values[position] for position in rows)
             out = residual.skip_residual(mode, inputs, res, branch_fn, dim, drop_prob, scale_by_keep)
             return res.copy_(out) if inplace else out
-    out = dp(branch(*values, *shared))
+    out = dp(branch(*values, *shared, *batches))
     out = after(out) if after is not None else out
     if inplace:
         res += out
@@ -379,3 +440,39 @@ def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
             result[name] = mine.get("verdict") or theirs.get("last_undecided") or \
                 "not called in training with two or more samples"
     return result
+
+
+def skip_status(model: nn.Module) -> Dict[str, Optional[str]]:
+    """Whether each fused block of ``model`` runs in skip mode now, in a
+    training call: None where it does, else why not -- the reason it was
+    left on the stock forward for good, a hook inside it that watches the
+    batch, ``skip_dropped=False``, stochastic-depth modules in eval mode or
+    at rate 0, or no verified call yet. Call it any time (after some training
+    steps it tells fused-and-skipping blocks from fused ones that never skip).
+    """
+    status: Dict[str, Optional[str]] = {}
+    for name, block in model.named_modules():
+        if isinstance(block, GenericFusedBlock):
+            status[name] = _why_not_skipping(block)
+    return status
+
+
+def _why_not_skipping(block: nn.Module) -> Optional[str]:
+    state = _state(block)
+    verdict = state.get("verdict")
+    if verdict not in (None, _VERIFIED):
+        return verdict
+    if block.droppath_skip is False:
+        return "skip_dropped=False: the masked form runs"
+    hook = hook_inside(block) if block.droppath_skip is not True else None
+    if hook is not None:
+        return f"runs the stock forward while {hook} watches it"
+    depths = [m for m in block.children() if is_stochastic_depth(m)]
+    live = [m for m in depths if m.training and (m._droppath_settings() or (0.0,))[0] > 0.0]
+    if not live:
+        return "its stochastic-depth modules are in eval mode, at drop rate 0, or draw once per batch"
+    if not state["signatures"]:
+        undecided = state.get("last_undecided")
+        return "not verified yet: no training call with two or more samples so far" + \
+            (f" that could decide ({undecided})" if undecided else "")
+    return None

@@ -18,7 +18,7 @@ class _RunAfterImport(importlib.abc.MetaPathFinder):
     callback right after executing it."""
 
     def __init__(self, name: str, callback: Callable[[ModuleType], None]) -> None:
-        self.name, self.callback = name, callback
+        self.name, self.callbacks = name, [callback]
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != self.name:
@@ -30,7 +30,8 @@ class _RunAfterImport(importlib.abc.MetaPathFinder):
 
             def exec_module(module: ModuleType) -> None:
                 execute(module)
-                _run(self.callback, module)
+                for callback in self.callbacks:
+                    _run(callback, module)
 
             spec.loader.exec_module = exec_module
         return spec
@@ -53,5 +54,10 @@ def when_imported(name: str, callback: Callable[[ModuleType], None]) -> None:
     module = sys.modules.get(name)
     if module is not None:
         _run(callback, module)
-    elif not any(isinstance(f, _RunAfterImport) and f.name == name for f in sys.meta_path):
-        sys.meta_path.insert(0, _RunAfterImport(name, callback))
+        return
+    for finder in sys.meta_path:
+        if isinstance(finder, _RunAfterImport) and finder.name == name:
+            if callback not in finder.callbacks:
+                finder.callbacks.append(callback)
+            return
+    sys.meta_path.insert(0, _RunAfterImport(name, callback))

@@ -26,7 +26,7 @@ before assigning them); the inputs that carry samples -- derived from the
 forward's first argument or from the residual -- are gathered to the kept
 samples, the others (masks, position tables, ``H, W``) passed as they are.
 A batch size the branch reads (``B, N, C = x.shape`` outside it) is, inside
-it, the number of samples it computes (:func:`samples`). Everything else in
+it, the number of samples it computes (the site passes it). Everything else in
 the forward is unchanged, and is compiled with the forward's own globals and
 closure (``super()`` works), at the forward's file and line numbers.
 
@@ -37,6 +37,7 @@ the stock forward before it is used.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import re
 import textwrap
@@ -48,7 +49,6 @@ DROP_PATH_ATTRIBUTE = re.compile(r"(drop_?path|stochastic_?depth|droppath)\w*", 
 """Attribute names that hold a stochastic-depth module (or nn.Identity at rate 0)."""
 
 SITE = "__droppath_site__"
-SAMPLES = "__droppath_samples__"
 _BRANCH = "__droppath_branch_{}__"
 _AFTER = "__droppath_after_{}__"
 _BATCH = "__droppath_batch_{}__"
@@ -65,6 +65,9 @@ class Site:
     gathered: List[str]
     shared: List[str]
     line: int
+    attributes: FrozenSet[str] = frozenset()
+    """The block's attributes its branch reads (``self.mlp`` -> ``mlp``): the
+    modules that run on the kept samples only."""
 
 
 @dataclass
@@ -101,6 +104,14 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     function = getattr(cls, "forward", None)
     if not inspect.isfunction(function):
         return Rewrite(reason=f"{cls.__name__}.forward is not a Python function")
+    # A forward wrapped without decorator syntax (transformers' GradientCheckpointingLayer wraps every
+    # layer's forward with functools.wraps) is rewritten from the function it wraps, with that function's
+    # own globals, defaults and closure: its source is what inspect reads. (The wrapper keeps running
+    # around the fused forward: the fused class's forward is wrapped too, and verification compares the
+    # rewrite with the wrapped stock forward.)
+    function = inspect.unwrap(function)
+    if not inspect.isfunction(function):
+        return Rewrite(reason=f"{cls.__name__}.forward wraps something other than a Python function")
     try:
         lines, first_line = inspect.getsourcelines(function)
         tree = ast.parse(textwrap.dedent("".join(lines)))
@@ -126,7 +137,7 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     definition.body = rewritten
 
     freevars = function.__code__.co_freevars
-    factory = _function(_FACTORY, [SITE, SAMPLES, *freevars],
+    factory = _function(_FACTORY, [SITE, *freevars],
                         [definition, ast.Return(value=ast.Name(id=definition.name, ctx=ast.Load()))])
     module = ast.Module(body=[factory], type_ignores=[])
     ast.copy_location(factory, definition)
@@ -137,7 +148,7 @@ def _rewrite(cls: type, drop_paths: FrozenSet[str]) -> Rewrite:
     cells = dict(zip(freevars, function.__closure__ or ()))
 
     def make(site: Callable) -> Callable:
-        own = {SITE: types.CellType(site), SAMPLES: types.CellType(samples)}
+        own = {SITE: types.CellType(site)}
         closure = tuple(own[name] if name in own else cells[name] for name in code.co_freevars)
         forward = types.FunctionType(code, function.__globals__, function.__name__, function.__defaults__,
                                      closure or None)
@@ -353,6 +364,8 @@ class _Analysis:
         i = len(body) - 1
         while i >= 0:
             replaced = self._rewrite_at(body, i, live_out | loop_reads)
+            if replaced is None and isinstance(body[i], ast.If):
+                replaced = self._rewrite_under_if(body, i, live_out | loop_reads)
             if replaced is not None:
                 start, end, new = replaced
                 body[start:end] = new
@@ -360,6 +373,34 @@ class _Analysis:
             else:
                 i -= 1
         return body
+
+    def _rewrite_under_if(self, body: List[ast.stmt], i: int, live_out: Set[str]):
+        """``<statements>; if C: y = dp(B) + res`` (timm's EfficientNet and
+        MobileNet blocks: ``if self.has_skip:``), where the branch is the
+        statements before the ``if``: ``if C: y = <site>`` with the branch
+        taking them, ``else: <statements>`` as they were. Only where ``C``
+        calls nothing and reads nothing the statements assign (it is then
+        evaluated before them instead of after, to the same value)."""
+        stmt = body[i]
+        if not stmt.body or any(isinstance(n, (ast.Call, ast.NamedExpr, ast.Await)) for n in ast.walk(stmt.test)):
+            return None
+        rest = stmt.body[1:] + stmt.orelse + body[i + 1:]
+        trial = body[:i] + [stmt.body[0]]
+        sites, skipped = len(self.sites), list(self.skipped)
+        replaced = self._rewrite_at(trial, i, live_out | _reads(rest))
+        if replaced is None:
+            return None
+        start, _, new = replaced
+        moved = body[start:i]
+        if not moved or _reads(stmt.test) & set().union(*(_assigned(m) for m in moved)):
+            del self.sites[sites:]
+            self.skipped[:] = skipped
+            return None
+        self.skipped[:] = [reason for reason in skipped if not reason.startswith(f"line {stmt.body[0].lineno}:")]
+        unchanged = [copy.deepcopy(m) for m in moved]
+        hoisted = ast.If(test=stmt.test, body=new + stmt.body[1:], orelse=unchanged + (stmt.orelse or []))
+        ast.copy_location(hoisted, stmt)
+        return start, i + 1, [hoisted]
 
     def _site_statement(self, stmt: ast.stmt):
         """(target name or None for a return, the residual match) of a residual statement."""
@@ -397,6 +438,10 @@ class _Analysis:
             target, value = stmt.targets[0].id, stmt.value
         elif isinstance(stmt, ast.Return) and stmt.value is not None:
             target, value = None, stmt.value
+        elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) and isinstance(stmt.target, ast.Name):
+            # `t += res` (torchvision's CNBlock) or `res += t`: `t = t + res`, `res = res + t` (in place)
+            target = stmt.target.id
+            value = ast.BinOp(left=ast.Name(id=target, ctx=ast.Load()), op=ast.Add(), right=stmt.value)
         else:
             return None
         if not (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add)):
@@ -441,12 +486,15 @@ class _Analysis:
         index = len(self.sites)
         load = ast.Load()
         after = None  # what the stock forward applies to dp's output: `g` in `res + g(dp(B))`
+        # `res += dp(B)` adds into the residual's own tensor (the caller may hold it); `t += res` into t's.
+        inplace = isinstance(stmt, ast.AugAssign)
         if site is None:
             separate = self._separate_drop_path_site(body, i, live_out)
             if separate is None:
                 return None
             target, (drop_path, branch, _, residual), run_end, post, name, mine = separate
             after = _function(_AFTER.format(index), [name], post + [ast.Return(value=mine)])
+            inplace = inplace and target != name
         else:
             target, (drop_path, branch, wrapper, residual) = site
             if wrapper is not None:
@@ -460,13 +508,23 @@ class _Analysis:
         residual_reads = _reads(residual)
         needed = _reads(branch)
         start = run_end
+        sides: List[str] = []  # names the branch assigns that the forward reads after it
         while start > 0:
             candidate = body[start - 1]
             if not _is_plain_assignment(candidate) or self._contains_drop_path(candidate):
                 break
             assigned = _assigned(candidate)
-            if not assigned & needed or assigned & (residual_reads | live):
+            if not assigned & needed or assigned & residual_reads:
                 break
+            if assigned & live:
+                # A value computed with the branch and read after it (attention weights a layer
+                # returns): the branch hands it out too, computed on the samples it computes -- what
+                # verification then compares (weights of every sample differ; None does not).
+                late = assigned & live
+                if not isinstance(target, str) or not late <= _definitely_assigned(candidate) or \
+                        late & needed:
+                    break
+                sides = sorted(set(sides) | late)
             needed = (needed - _definitely_assigned(candidate)) | _reads(candidate)
             start -= 1
         run = body[start:run_end]
@@ -489,7 +547,8 @@ class _Analysis:
         if not gathered:
             self.skipped.append(f"line {line}: the branch of {drop_path} reads no per-sample input")
             return None
-        # A batch size the branch reads is, in the branch, the number of samples it computes.
+        # A batch size the branch reads is, in the branch, the number of samples it computes: the site
+        # passes it (`batches`, each the forward's own as a thunk, or the count of rows it computes).
         batch_names = sorted(reads_in_branch & set(self.batch_sizes))
         for name in batch_names:
             source = self.batch_sizes[name][1]
@@ -499,17 +558,21 @@ class _Analysis:
                 return None
         outer_batch = [_BATCH.format(k) for k in range(len(batch_names))]  # (the forward's own, as thunks)
         run = [ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=ast.Call(
-            func=ast.Name(id=SAMPLES, ctx=ast.Load()),
-            args=[ast.Name(id=outer, ctx=ast.Load())] + [ast.Name(id=n, ctx=ast.Load()) for n in gathered],
-            keywords=[])) for name, outer in zip(batch_names, outer_batch)] + run
-        self.sites.append(Site(drop_path, gathered, shared, line))
+            func=ast.Name(id=outer, ctx=ast.Load()), args=[], keywords=[]))
+            for name, outer in zip(batch_names, outer_batch)] + run
+        branch_code = run + [ast.Expr(value=branch)] + ([after] if after is not None else [])
+        attributes = frozenset(n.attr for node in branch_code for n in ast.walk(node)
+                               if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and
+                               n.value.id == self.me)
+        self.sites.append(Site(drop_path, gathered, shared, line, attributes))
         # Shared inputs the branch assigns are its arguments; the others it reads from the forward's
         # scope when it runs (an input that is unset on some paths is then read only where the stock
         # forward reads it). The site looks at those through `probe`, for tensors of the batch's size.
         assigned_in_run = set().union(*(_assigned(r) for r in run)) if run else set()
         passed = [n for n in shared if n in assigned_in_run]
         closed = [n for n in shared if n not in assigned_in_run]
-        nested = _function(_BRANCH.format(index), gathered + passed + outer_batch, run + [ast.Return(value=branch)])
+        value = ast.Tuple(elts=[branch] + [ast.Name(id=n, ctx=load) for n in sides], ctx=load) if sides else branch
+        nested = _function(_BRANCH.format(index), gathered + passed + outer_batch, run + [ast.Return(value=value)])
         probe = _thunk(ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in closed], ctx=load))
         call = ast.Call(
             func=ast.Name(id=SITE, ctx=load),
@@ -517,17 +580,21 @@ class _Analysis:
                   ast.Name(id=after.name, ctx=load) if after else ast.Constant(value=None), residual,
                   ast.Name(id=nested.name, ctx=load),
                   ast.Tuple(elts=[_thunk(ast.Name(id=n, ctx=load)) for n in gathered], ctx=load),
-                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed] +
-                            [_thunk(ast.Name(id=n, ctx=load)) for n in batch_names], ctx=load), probe],
+                  ast.Tuple(elts=[ast.Name(id=n, ctx=load) for n in passed], ctx=load), probe],
+            keywords=[ast.keyword(arg="batches", value=ast.Tuple(
+                elts=[_thunk(ast.Name(id=n, ctx=load)) for n in batch_names], ctx=load))] +
             # `res += dp(B)` adds into the residual's own tensor, which the caller may hold: the site does too.
-            keywords=[ast.keyword(arg="inplace", value=ast.Constant(value=True))] if isinstance(stmt, ast.AugAssign)
-            else [])
+            ([ast.keyword(arg="inplace", value=ast.Constant(value=True))] if inplace else []) +
+            ([ast.keyword(arg="sides", value=ast.Constant(value=len(sides)))] if sides else []))
         if isinstance(target, int):  # one element of a returned tuple
             elements = list(stmt.value.elts)
             elements[target] = call
             new_stmt = ast.Return(value=ast.Tuple(elts=elements, ctx=load))
         elif target is None:
             new_stmt = ast.Return(value=call)
+        elif sides:
+            new_stmt = ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=n, ctx=ast.Store()) for n in [target] + sides],
+                                                     ctx=ast.Store())], value=call)
         else:
             new_stmt = ast.Assign(targets=[ast.Name(id=target, ctx=ast.Store())], value=call)
         for node in ast.walk(ast.Module(body=[new_stmt], type_ignores=[])):
@@ -555,17 +622,6 @@ def _explicit_super(definition: ast.FunctionDef) -> None:
 def _nested_code(code: types.CodeType, name: str) -> types.CodeType:
     """The code object of the function ``name`` defined in ``code``."""
     return next(c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == name)
-
-
-def samples(outer: Callable[[], int], *values) -> int:
-    """In a branch, the batch size it reads (``B`` of ``B, N, C = x.shape``):
-    the first size of its first tensor input, the samples it computes; the
-    forward's own ``B`` (``outer()``) where it takes no tensor (then it runs
-    on every sample)."""
-    for value in values:
-        if hasattr(value, "shape") and len(value.shape) > 0:
-            return value.shape[0]
-    return outer()
 
 
 def _arguments(names: List[str]) -> ast.arguments:

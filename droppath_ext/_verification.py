@@ -275,8 +275,23 @@ def _copy_module(module: nn.Module, memo: dict) -> nn.Module:
                 state[key] = copy.deepcopy(value, memo)
             except Exception:  # noqa: BLE001 - not copyable: shared (a lock, a handle, a process group)
                 state[key] = value
+    for key in _HOOKS:
+        if key in state:  # (the user's observers watch the user's modules, not these copies)
+            state[key] = type(state[key])((k, h) for k, h in state[key].items() if _computes(h))
     new.__dict__.update(state)
     return new
+
+
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _computes(hook: Any) -> bool:
+    """A hook that is part of what the module computes (weight and spectral
+    norm recompute the weight before each call), kept in private copies."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return isinstance(hook, (WeightNorm, SpectralNorm))
 
 
 def _copy_tensor(tensor: Optional[Tensor], memo: dict, parameter: bool = False) -> Optional[Tensor]:

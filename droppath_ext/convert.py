@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from torch import nn
 
-from . import _converted, _discovery, _fused_generic, _fused_timm, _fused_torchvision, _fused_transformers
+from . import _converted, _discovery, _fused_generic
 from .modules import DropPath, StochasticDepth
 from ._fused_block import hook_inside
 from .residual import SkipDropped
@@ -68,11 +68,6 @@ class ConversionReport:
     the block, which must see the whole batch)."""
 
 
-def _class_path(module: nn.Module) -> str:
-    cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _conversion(module: nn.Module) -> tuple[Optional[tuple], Optional[str]]:
     """((rate attribute, scale_by_keep or None to read the module's own), None)
     for a stochastic-depth module to convert in place (``_converted``), or
@@ -102,40 +97,26 @@ def _mixes_samples(module: nn.Module) -> bool:
 
 
 # ---- fusing -------------------------------------------------------------------------
-# class path -> (None if this instance can be fused, else why not; the mixin that fuses it)
-_FUSERS: Dict[str, tuple[Callable[[nn.Module], Optional[str]], type]] = {
-    **_fused_timm.FUSERS,
-    **_fused_torchvision.FUSERS,
-}
 _FUSED_CLASSES: Dict[type, type] = {}
 _FUSED_FROM: Dict[type, tuple[type, type]] = {}  # fused class -> (the block's class, the mixin)
 
 
 def _fuser(module: nn.Module) -> tuple[Optional[type], Optional[str]]:
     """(the mixin that fuses ``module``, None), or (None, why not), or
-    (None, None) for a module this package knows nothing of."""
-    entry = _FUSERS.get(_class_path(module))
-    if entry is not None:
-        check, mixin = entry
-        reason = check(module)
-        if reason:
-            return None, reason
-    elif not _holds_stochastic_depth(module):
+    (None, None) for a module that holds no stochastic depth."""
+    if not _holds_stochastic_depth(module):
         return None, None
-    elif any(_discovery.is_candidate(c) for c in module.children()):
+    if any(_discovery.is_candidate(c) for c in module.children()):
         return None, "its DropPath was left as it is (see its own entry)"
-    else:
-        mixin = None
-        if type(module).__module__.startswith("transformers."):
-            mixin, _ = _fused_transformers.mixin_for(module)
-        mixin = mixin or _fused_generic.GenericFusedBlock
-    if _mixes_samples(module):  # (before a generic rewrite: a BatchNorm block is never rewritten)
+    depths = [c for c in module.children() if isinstance(c, (DropPath, StochasticDepth))]
+    if all(c._droppath_settings() is None for c in depths):
+        return None, "its stochastic depth draws once per batch (mode 'batch'): nothing per sample to skip"
+    reason = _fused_generic.why_not(module)
+    if reason:
+        return None, reason
+    if any(_mixes_samples(m) for m in _fused_generic.branch_modules(module)):
         return None, _MIXES_SAMPLES
-    if mixin is _fused_generic.GenericFusedBlock:
-        reason = _fused_generic.why_not(module)
-        if reason:
-            return None, reason
-    return mixin, None
+    return _fused_generic.GenericFusedBlock, None
 
 
 def _fused_class(cls: type, mixin: type) -> type:
@@ -145,8 +126,7 @@ def _fused_class(cls: type, mixin: type) -> type:
         name = cls.__name__
         namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__,
                      "__reduce_ex__": _reduce_fused_block, "_droppath_stock_class": cls}
-        if mixin is _fused_generic.GenericFusedBlock:
-            namespace["forward"] = _fused_generic.fused_forward(cls)
+        namespace["forward"] = _fused_generic.fused_forward(cls)
         fused = type(name, (mixin, cls), namespace)
         _FUSED_CLASSES[cls] = fused
         _FUSED_FROM[fused] = (cls, mixin)
@@ -233,13 +213,12 @@ def convert_model(
                 continue
             module.droppath_skip = skip_dropped
             module.__class__ = _fused_class(type(module), mixin)
+            _fused_generic.prepare(module, report, name)
             report.fused.append(name)
             hook = hook_inside(module) if skip_dropped is not True else None
             if hook is not None:
                 report.notes[name] = f"runs the stock forward while {hook} watches it (skip_dropped=True " \
                                      f"runs skip mode anyway, the hook then seeing the computed samples only)"
-            if mixin is _fused_generic.GenericFusedBlock:
-                _fused_generic.prepare(module, report, name)
     for name in report.unfused + report.not_replaced:
         _log.info("convert_model: left %r as it is: %s", name, report.reasons[name])
     for name, note in report.notes.items():

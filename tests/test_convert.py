@@ -132,7 +132,7 @@ _LOAD_AND_TRAIN = textwrap.dedent(
     torch.manual_seed(0)
     model(x).square().mean().backward()
     assert any(p.grad is not None for p in model.parameters())
-    assert "droppath::add" in str(model.inlined_graph)
+    assert "droppath::forward" in str(model.inlined_graph)  # (the stock forward, on this package's op)
     print("ok")
     """
 )
@@ -147,7 +147,7 @@ _LOAD_AND_TRAIN = textwrap.dedent(
 )
 def test_every_fused_block_scripts_saves_and_loads_in_a_fresh_process(name, shape, fused_class, tmp_path):
     if not dp.backend().startswith("cpu"):
-        pytest.skip("scripting to droppath::add needs the compiled ops")
+        pytest.skip("scripting to droppath ops needs the compiled ops")
     torch.manual_seed(0)
     model, report = convert_model(MODELS[name](0.3), fuse_residual=True, return_report=True)
     assert report.fused and {type(m).__name__ for m in model.modules() if isinstance(m, FusedBlock)} == {fused_class}
@@ -229,4 +229,5 @@ def test_converting_twice_keeps_blocks_fused_and_updates_the_policy():
     model, first = convert_model(_vit(), fuse_residual=True, return_report=True)
     model, second = convert_model(model, fuse_residual=True, skip_dropped=False, return_report=True)
     assert second.fused == first.fused and not second.unfused
-    assert all(block.droppath_skip is False for block in model.blocks)
+    fused = [block for block in model.blocks if isinstance(block, FusedBlock)]
+    assert len(fused) == 3 and all(block.droppath_skip is False for block in fused)  # (block 0's rate is 0)
