@@ -25,7 +25,7 @@ from __future__ import annotations
 import linecache
 from typing import Dict, Optional, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
 from . import functional as F
 from .modules import DropPath, StochasticDepth
@@ -34,11 +34,16 @@ from .modules import DropPath, StochasticDepth
 _CLASSES: Dict[Tuple[type, str, Optional[bool]], type] = {}
 _SPECS: Dict[type, Tuple[type, str, Optional[bool]]] = {}
 
+# A rate held as a 0-dim tensor (``DropPath(dpr[i])`` from a ``torch.linspace`` without ``.item()``) goes
+# to the library's own forward: timm's ``bernoulli_`` with a tensor probability draws other numbers than
+# with a float, and the same seed must give the same masks.
 _FORWARD = '''\
 def forward(self, x):
     if isinstance(x, (list, tuple)):
         return _library_forward(self, x)
     rate = self.{rate}
+    if isinstance(rate, Tensor):
+        return _library_forward(self, x)
     return F._backend.forward(x, 0.0 if rate is None else float(rate), self.training, {scale}, 0, None, None)
 '''
 
@@ -47,7 +52,7 @@ def _drop_path_forward(library_cls: type, rate: str, scale: Optional[bool]):
     source = _FORWARD.format(rate=rate, scale="bool(self.scale_by_keep)" if scale is None else repr(scale))
     filename = f"<droppath_ext converted {library_cls.__module__}.{library_cls.__qualname__}.forward ({rate})>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # (TorchScript reads it)
-    namespace = {"F": F, "_library_forward": library_cls.forward}
+    namespace = {"F": F, "Tensor": Tensor, "_library_forward": library_cls.forward}
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - a template of this module's own
     return namespace["forward"]
 
@@ -55,6 +60,8 @@ def _drop_path_forward(library_cls: type, rate: str, scale: Optional[bool]):
 def _settings_reader(rate: str, scale: Optional[bool]):
     def _droppath_settings(self) -> Optional[Tuple[float, bool, int]]:
         value = getattr(self, rate)
+        if isinstance(value, Tensor):  # (the library's own draw: see _FORWARD; no skip mode)
+            return None
         return (0.0 if value is None else float(value),
                 bool(self.scale_by_keep) if scale is None else scale, 0)
     return _droppath_settings

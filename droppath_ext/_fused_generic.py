@@ -36,8 +36,8 @@ forward: :func:`verify_fused` verifies a model's blocks before compiling it.
 
 from __future__ import annotations
 
+import collections
 import functools
-import itertools
 import logging
 import types
 import weakref
@@ -125,11 +125,17 @@ class GenericFusedBlock(FusedBlock):
     """The mixin of every generically fused block (see the module doc)."""
 
     def _droppath_forward(self, args: tuple, kwargs: dict):
-        if not self.training or self._droppath_runs_stock():
+        if not self.training:
+            return self._droppath_stock_forward(*args, **kwargs)
+        compiling = torch.compiler.is_compiling()
+        if self._droppath_runs_stock():
+            if not compiling:
+                _remember_stock_call(self)
             return self._droppath_stock_forward(*args, **kwargs)
         tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor)]
-        compiling = torch.compiler.is_compiling()
         if not compiling and not _tracing.plain_eager(*tensors):
+            return self._droppath_stock_forward(*args, **kwargs)
+        if not compiling and _ran_stock_before(self):
             return self._droppath_stock_forward(*args, **kwargs)
         verifying = _verification.current()
         if verifying is not None and verifying[0] is not self:
@@ -192,6 +198,28 @@ class GenericFusedBlock(FusedBlock):
         state["verdict"] = verdict
         _reject(self, verdict)
         return False
+
+
+def _remember_stock_call(block: nn.Module) -> None:
+    """A call that ran the stock forward because a hook watched: the random
+    streams' state at its start. Activation checkpointing recomputes the call
+    from that same state; should the hook be gone by then, the recomputation
+    must still run the stock forward (it must save what the call saved)."""
+    calls = _state(block).setdefault("stock_calls", collections.deque(maxlen=64))
+    calls.append(_random_state_key())
+
+
+def _ran_stock_before(block: nn.Module) -> bool:
+    """This call recomputes one that ran the stock forward (``_remember_stock_call``)."""
+    calls = _state(block).get("stock_calls")
+    return bool(calls) and _random_state_key() in calls
+
+
+def _random_state_key() -> int:
+    states = [torch.default_generator.get_state()]
+    if torch.cuda.is_initialized():
+        states += [torch.cuda.default_generators[d].get_state() for d in range(torch.cuda.device_count())]
+    return hash(tuple(bytes(state.numpy()) for state in states))
 
 
 _MAX_SIGNATURES = 16
@@ -415,9 +443,7 @@ def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
         good, or why this call could not verify it).
     """
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, GenericFusedBlock)}
-    devices = sorted({t.device.index or 0 for t in itertools.chain(model.parameters(), model.buffers())
-                      if t.device.type == "cuda"})
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
+    with _verification.isolated(model):
         probe = _verification.copy_module(model)
         args, kwargs = _verification.copy_inputs(args, kwargs)
         probe.train()

@@ -6,9 +6,8 @@ One verification (:func:`verify`) of a block on one call's inputs:
 
 - **a private copy of the block**, in float64 where the block runs in it,
   its floating parameters perturbed (a zero-initialised bias or a 1e-5 layer
-  scale would hide a transform that does not commute with dropping), dropout
-  off, stochastic depth nested deeper in the branch off, and its own
-  stochastic-depth modules applying a forced mask;
+  scale would hide a transform that does not commute with dropping), and its
+  own stochastic-depth modules applying a forced mask;
 - **checks**, each on two further copies of it -- the stock forward on one,
   the rewrite in skip mode on the other, on private copies of the inputs,
   with the same forced mask and random seed: fresh random per-sample inputs
@@ -16,18 +15,25 @@ One verification (:func:`verify`) of a block on one call's inputs:
   sample kept, which the branch computes with one dropped sample so that it
   never meets a batch of one), and the call's own inputs with the first mask;
 - **what must agree**, to float64 rounding: the outputs (tensors, numbers,
-  containers, dataclasses, objects), the inputs after the call (a forward
-  that modifies its input in place), and every parameter, buffer and other
-  attribute of every module of the block after the call (an auxiliary loss
-  kept on a module, statistics buffers, counters, attention maps kept for
-  later).
+  containers, dataclasses, objects); the gradients of every parameter and
+  input for the same random output gradients (a backward that depends on
+  how many samples were computed); the inputs after the call (a forward that
+  modifies its input in place); and every parameter, buffer and other
+  attribute of every module of the block after forward and backward (an
+  auxiliary loss kept on a module, statistics buffers, counters, attention
+  maps or gradients kept for later). A forward that draws random numbers
+  (dropout or stochastic depth inside a branch) is rejected: skip mode would
+  draw them for the kept samples only, and the same seed would train
+  differently.
 
 Outcomes: *verified*; *rejected*, naming the difference (or the exception
 the rewrite raised); *undecided*, when no check could decide: the stock
 forward raised or gave non-finite values on the random inputs, and the
 call's own inputs were degenerate (non-finite, or no two samples differing)
-or gave the same trouble. The user's random streams are forked, autocast and
-every tensor mode are set aside, autograd is off.
+or gave the same trouble. Every random stream is forked (torch's CPU and
+CUDA generators, Python's and NumPy's), autocast and every tensor mode are
+set aside, and containers the block's classes and modules keep at class or
+module level (caches) are put back as they were.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import copy
 import dataclasses
 import itertools
 import math
+import random
+import sys
 import threading
 import types
 from dataclasses import dataclass
@@ -107,7 +115,7 @@ def verify(block: nn.Module, stock: Callable, rewritten: Callable, args: tuple, 
     if batch is None or batch < 2:
         return Outcome(UNDECIDED, "no input with two or more samples")
     outcome = Outcome(UNDECIDED, "not run")
-    with _isolated(block):
+    with isolated(block):
         for precision in (torch.float64, None):  # (None: the block's own dtypes, if it cannot run in float64)
             try:
                 outcome = _verify_in(block, stock, rewritten, args, kwargs, is_stochastic_depth, dim, batch,
@@ -155,39 +163,81 @@ def _verify_in(block, stock, rewritten, args, kwargs, is_stochastic_depth, dim, 
 def _check(base: nn.Module, stock: Callable, rewritten: Callable, inputs: tuple, mask: Callable, dim: int,
            sites: set) -> Optional[str]:
     """Why the rewrite differs from the stock forward on ``inputs`` with
-    ``mask`` (None when it does not); raises _Undecided when the stock forward
-    cannot be run or gives non-finite values."""
+    ``mask`` (None when it does not), forward and backward; raises
+    _Undecided when the stock forward cannot be run or gives non-finite values."""
     want_block, got_block = _copy_block(base), _copy_block(base)
-    want_inputs, got_inputs = _private(*inputs, None), _private(*inputs, None)
+    want_inputs, want_leaves = _private_with_grad(inputs)
+    got_inputs, got_leaves = _private_with_grad(inputs)
     for copy_ in (want_block, got_block):
         _force(copy_, mask, dim)
     key = threading.get_ident()
     _verifying[key] = (got_block, sites)
     residual._forced_factors[key] = mask
     try:
-        torch.manual_seed(_SEED)
-        try:
-            want = stock(want_block, *want_inputs[0], **want_inputs[1])
-        except Exception as error:  # noqa: BLE001 - the stock forward cannot run on these inputs: undecided
-            raise _Undecided(f"the stock forward raised {type(error).__name__}: {error}") from None
-        if not _finite(want):
-            raise _Undecided("the stock forward gave non-finite values")
-        torch.manual_seed(_SEED)
-        try:
-            got = rewritten(got_block, *got_inputs[0], **got_inputs[1])
-        except Exception as error:  # noqa: BLE001 - any failure of the rewrite rejects it
-            return f"the rewritten forward raised {type(error).__name__}: {error}"
+        with torch.enable_grad():
+            _seed()
+            before = _generator_states()
+            try:
+                want = stock(want_block, *want_inputs[0], **want_inputs[1])
+            except Exception as error:  # noqa: BLE001 - the stock forward cannot run on these inputs: undecided
+                raise _Undecided(f"the stock forward raised {type(error).__name__}: {error}") from None
+            if _generator_states() != before:
+                return ("the forward draws random numbers (dropout or stochastic depth inside a branch): skip mode "
+                        "would draw them for the kept samples only, and the same seed would train differently")
+            if not _finite(want):
+                raise _Undecided("the stock forward gave non-finite values")
+            _seed()
+            try:
+                got = rewritten(got_block, *got_inputs[0], **got_inputs[1])
+            except Exception as error:  # noqa: BLE001 - any failure of the rewrite rejects it
+                return f"the rewritten forward raised {type(error).__name__}: {error}"
+            reason = differs(got, want, "output")
+            if reason is not None:
+                return reason + ": the branch mixes samples (batch statistics, a batch mean), reads the batch " \
+                                "size, or a transform after drop path does not map a dropped sample to zero"
+            reason = _backward_differs(want, got, want_block, got_block, want_leaves, got_leaves)
+            if reason is not None:
+                return reason
     finally:
         _verifying.pop(key, None)
         residual._forced_factors.pop(key, None)
-    reason = differs(got, want, "output")
-    if reason is not None:
-        return reason + ": the branch mixes samples (batch statistics, a batch mean), reads the batch size, " \
-                        "draws random numbers, or a transform after drop path does not map a dropped sample to zero"
     reason = differs(got_inputs, want_inputs, "input")
     if reason is not None:
         return f"the forward modifies its input in place ({reason}), which skip mode cannot reproduce"
     return _state_differs(got_block, want_block)
+
+
+def _backward_differs(want: Any, got: Any, want_block: nn.Module, got_block: nn.Module, want_leaves: list,
+                      got_leaves: list) -> Optional[str]:
+    """Why the gradients of the two passes differ (a backward that depends on
+    how many samples the branch computed), for the same random cotangents of
+    the outputs; None when they agree, or when the stock outputs carry no
+    gradient."""
+    outputs = [t for t in _all_tensors(want, 0) if t.requires_grad and t.is_floating_point()]
+    if not outputs:
+        return None
+    _seed()
+    cotangents = [torch.randn_like(t) for t in outputs]
+    try:
+        torch.autograd.backward(outputs, cotangents)
+    except Exception:  # noqa: BLE001 - a stock backward that cannot run here: the forward decides alone
+        return None
+    mine = [t for t in _all_tensors(got, 0) if t.requires_grad and t.is_floating_point()]
+    if len(mine) != len(outputs):
+        return "the rewritten forward's outputs carry gradients where the stock forward's do not"
+    try:
+        torch.autograd.backward(mine, cotangents)
+    except Exception as error:  # noqa: BLE001 - the rewrite's backward fails where the stock one runs
+        return f"the rewritten backward raised {type(error).__name__}: {error}"
+    for (name, theirs), ours in zip(want_block.named_parameters(), got_block.parameters()):
+        reason = differs(ours.grad, theirs.grad, f"the gradient of {name}")
+        if reason is not None:
+            return f"{reason}: the backward depends on how many samples the branch computes"
+    for i, (theirs, ours) in enumerate(zip(want_leaves, got_leaves)):
+        reason = differs(ours.grad, theirs.grad, f"the gradient of input {i}")
+        if reason is not None:
+            return f"{reason}: the backward depends on how many samples the branch computes"
+    return None
 
 
 def batch_size(block: nn.Module, args: tuple, kwargs: dict, is_stochastic_depth) -> Optional[int]:
@@ -209,31 +259,23 @@ def copy_inputs(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
 
 
 def _private_block(block: nn.Module, precision: Optional[torch.dtype], is_stochastic_depth) -> nn.Module:
-    """The verification's own copy of ``block``: in ``precision``, floating
-    parameters perturbed, dropout and deeper stochastic depth off."""
+    """The verification's own copy of ``block``: in ``precision``, its
+    floating parameters perturbed. (Dropout and stochastic depth inside it
+    stay as they are: a branch that draws random numbers is rejected, skip
+    mode would draw them for fewer samples.)"""
     try:
         base = _copy_block(block)
     except Exception as error:  # noqa: BLE001 - a block that cannot be copied cannot be verified
         raise _Undecided(f"the block could not be copied ({type(error).__name__}: {error})") from None
     if precision is not None:
         base.to(precision)
-    torch.manual_seed(_SEED)
+    _seed()
     for parameter in base.parameters():
         if parameter.is_floating_point() and parameter.numel():
             rms = float(parameter.detach().double().square().mean().sqrt())
             scale = 0.1 * max(rms, 0.1) if math.isfinite(rms) else 0.1
             parameter.add_(torch.randn_like(parameter) * scale)
-    own = {id(m) for m in base.children() if is_stochastic_depth(m)}
-    for module in base.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-        elif module is not base and id(module) not in own and is_stochastic_depth(module):
-            module.forward = _identity
     return base
-
-
-def _identity(x):
-    return x
 
 
 def _force(block: nn.Module, mask: Callable, dim: int) -> None:
@@ -271,10 +313,7 @@ def _copy_module(module: nn.Module, memo: dict) -> nn.Module:
         elif key == "_modules":
             state[key] = {name: None if m is None else _copy_module(m, memo) for name, m in value.items()}
         else:
-            try:
-                state[key] = copy.deepcopy(value, memo)
-            except Exception:  # noqa: BLE001 - not copyable: shared (a lock, a handle, a process group)
-                state[key] = value
+            state[key] = _copy_value(value, memo, 0)
     for key in _HOOKS:
         if key in state:  # (the user's observers watch the user's modules, not these copies)
             state[key] = type(state[key])((k, h) for k, h in state[key].items() if _computes(h))
@@ -292,6 +331,56 @@ def _computes(hook: Any) -> bool:
     from torch.nn.utils.weight_norm import WeightNorm
 
     return isinstance(hook, (WeightNorm, SpectralNorm))
+
+
+_SHARED = (type, types.ModuleType, types.FunctionType, nn.Module, threading.Barrier, threading.Condition,
+           threading.Event, threading.Semaphore, type(threading.Lock()), type(threading.RLock()))
+"""Kept shared by the copies: synchronisation objects (a copy of a barrier would wait for nobody)."""
+
+
+def _copy_value(value: Any, memo: dict, depth: int) -> Any:
+    """A deep copy of ``value``; where that fails (an object holding a lock, a
+    handle, a process group), a copy of each part that can be copied, sharing
+    only the parts that cannot (a meter that owns a lock gets counters of its own)."""
+    known = len(memo)
+    try:
+        return copy.deepcopy(value, memo)
+    except Exception:  # noqa: BLE001 - copied part by part below
+        for key in list(memo)[known:]:  # (half-made copies of the failed attempt)
+            if key != id(memo):
+                del memo[key]
+    if id(value) in memo:
+        return memo[id(value)]
+    if depth >= _MAX_DEPTH or isinstance(value, _SHARED):
+        return value
+    if isinstance(value, dict):
+        new = {key: _copy_value(item, memo, depth + 1) for key, item in value.items()}
+        try:
+            new = type(value)(new)
+        except Exception:  # noqa: BLE001 - a dict subclass that cannot be rebuilt: a plain dict of the parts
+            pass
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = [_copy_value(item, memo, depth + 1) for item in value]
+        try:
+            new = type(value)(items)
+        except Exception:  # noqa: BLE001 - a named tuple or other sequence: shared
+            return value
+    elif hasattr(value, "__dict__"):
+        try:
+            new = copy.copy(value)
+        except Exception:  # noqa: BLE001 - cannot be copied at all: shared
+            return value
+        memo[id(value)] = new
+        for key, item in vars(value).items():
+            try:
+                setattr(new, key, _copy_value(item, memo, depth + 1))
+            except Exception:  # noqa: BLE001 - a read-only attribute: as copy.copy left it
+                pass
+        return new
+    else:
+        return value  # (a lock, a handle: shared)
+    memo[id(value)] = new
+    return new
 
 
 def _copy_tensor(tensor: Optional[Tensor], memo: dict, parameter: bool = False) -> Optional[Tensor]:
@@ -347,11 +436,31 @@ def _private(args: tuple, kwargs: dict, precision: Optional[torch.dtype]) -> Tup
         raise _Undecided(f"an input could not be copied ({type(error).__name__}: {error})") from None
 
 
+def _private_with_grad(inputs: Tuple[tuple, dict]) -> Tuple[Tuple[tuple, dict], list]:
+    """Copies of the inputs whose floating tensors are views of new leaves
+    that require grad (a forward may change its input in place, as on a
+    non-leaf), and those leaves, for the gradients."""
+    leaves: list = []
+    memo: dict = {}
+    for tensor in itertools.chain(_tensors_in(inputs[0], 0), _tensors_in(inputs[1], 0)):
+        if id(tensor) not in memo:
+            clone = tensor.detach().clone()
+            if clone.is_floating_point():
+                clone.requires_grad_(True)
+                leaves.append(clone)
+                clone = clone.clone()
+            memo[id(tensor)] = clone
+    try:
+        return copy.deepcopy((tuple(inputs[0]), dict(inputs[1])), memo), leaves
+    except Exception as error:  # noqa: BLE001 - an input that cannot be copied: no check can run
+        raise _Undecided(f"an input could not be copied ({type(error).__name__}: {error})") from None
+
+
 def _randomised(inputs: Tuple[tuple, dict], dim: int, batch: int) -> Tuple[tuple, dict]:
     """``inputs`` with every floating tensor of ``batch`` samples along ``dim``
     filled with fresh normal values (the others, shared tables and masks of
     other shapes, integer indices, keep theirs)."""
-    torch.manual_seed(_SEED + 1)
+    _seed(_SEED + 1)
     for tensor in _tensors_in(inputs, 0):
         if _per_sample(tensor, dim, batch) and tensor.is_floating_point():
             tensor.normal_()
@@ -393,16 +502,116 @@ def _batch_of(args: tuple, kwargs: dict, dim: int) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _isolated(block: nn.Module) -> Iterator[None]:
-    """No autograd, autocast, tensor-function or dispatch modes; the random
-    streams of the CPU and the block's CUDA devices forked."""
+def isolated(block: nn.Module) -> Iterator[None]:
+    """No autograd, autocast, tensor-function or dispatch modes; every random
+    stream forked (torch's CPU and CUDA generators, Python's ``random``,
+    NumPy's); containers the block's classes and modules keep at class or
+    module level (caches) as they were afterwards."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    devices = sorted({t.device.index or 0 for t in itertools.chain(block.parameters(), block.buffers())
-                      if t.device.type == "cuda"})
-    with torch.no_grad(), torch.random.fork_rng(devices=devices), _no_autocast(), \
-            torch._C.DisableTorchFunction(), _disable_current_modes():
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices()), _no_autocast(), \
+            torch._C.DisableTorchFunction(), _disable_current_modes(), _python_random_forked(), \
+            _shared_containers_kept(block), _no_saved_tensor_hooks():
         yield
+
+
+@contextlib.contextmanager
+def _no_saved_tensor_hooks() -> Iterator[None]:
+    """The saved-tensor hooks in force (activation checkpointing's, which
+    count and store what a forward saves; ``save_on_cpu``) set aside: the
+    verification's own autograd graphs are none of theirs."""
+    autograd = torch._C._autograd
+    stack = []
+    while True:
+        top = autograd._top_saved_tensors_default_hooks(True)
+        if top is None:
+            break
+        stack.append(top)
+        autograd._pop_saved_tensors_default_hooks()
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(stack):
+            autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+
+def _cuda_devices() -> List[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+
+
+def _seed(seed: int = _SEED) -> None:
+    """Seeds torch's CPU generator and the CUDA generators in use, nothing
+    else (``torch.manual_seed`` would also queue a seed for CUDA generators not
+    yet initialised, which ``fork_rng`` cannot undo)."""
+    torch.default_generator.manual_seed(seed)
+    for device in _cuda_devices():
+        torch.cuda.default_generators[device].manual_seed(seed)
+
+
+def _generator_states() -> tuple:
+    """The state of every generator a forward may draw from (to tell whether it drew)."""
+    states = [torch.default_generator.get_state()]
+    states += [torch.cuda.default_generators[d].get_state() for d in _cuda_devices()]
+    return tuple(bytes(state.numpy()) for state in states)
+
+
+@contextlib.contextmanager
+def _python_random_forked() -> Iterator[None]:
+    numpy = sys.modules.get("numpy")
+    state = random.getstate()
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        yield
+    finally:
+        random.setstate(state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def _shared_containers_kept(block: nn.Module) -> Iterator[None]:
+    """Dicts, lists and sets held by the classes of ``block``'s modules (and
+    their bases outside torch) and by those classes' modules: a cache a
+    forward fills there (a rotary table per sequence length) is put back as it
+    was, so verification's float64 copies leave no entry the model then meets."""
+    kept = []
+    seen: set = set()
+    for module in block.modules():
+        for cls in type(module).__mro__:
+            if cls.__module__.split(".")[0] in ("torch", "builtins", "droppath_ext") or cls in seen:
+                continue
+            seen.add(cls)
+            namespaces = [vars(cls)]
+            owner = sys.modules.get(cls.__module__)
+            if owner is not None and id(owner) not in seen:
+                seen.add(id(owner))
+                namespaces.append(vars(owner))
+            for namespace in namespaces:
+                for value in list(namespace.values()):
+                    if type(value) in (dict, list, set):
+                        kept.append((value, copy.copy(value)))
+    try:
+        yield
+    finally:
+        for container, before in kept:
+            if not _same_items(container, before):
+                container.clear()
+                if isinstance(container, dict):
+                    container.update(before)
+                elif isinstance(container, list):
+                    container.extend(before)
+                else:
+                    container.update(before)
+
+
+def _same_items(container, before) -> bool:
+    if len(container) != len(before):
+        return False
+    if isinstance(container, dict):
+        return all(k in before and before[k] is v for k, v in container.items())
+    if isinstance(container, list):
+        return all(a is b for a, b in zip(container, before))
+    return container == before
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 from typing import Callable, List, Optional
 
 import pytest
@@ -54,6 +55,7 @@ def train_side_by_side(make: Callable[[], nn.Module], inputs: Callable[[int, tor
             results = []
             for model, optimiser in zip((stock, converted), optimisers):
                 torch.manual_seed(1000 + i)
+                random.seed(1000 + i)
                 mine = tuple(a.clone() if isinstance(a, torch.Tensor) else copy.deepcopy(a) for a in args)
                 value = loss(model, model(*mine))
                 value.backward()
@@ -674,3 +676,221 @@ class CallsSuper(Base):
 def test_blocks_once_misreported_are_verified(block):
     converted = train_side_by_side(block, _tokens())
     assert all(_fused_state(m)[""] == "" for m in converted)
+
+
+# ---- what an adversarial pass found -----------------------------------------------------------
+
+
+def _grad_scale(x, scale):
+    return (x - x * scale).detach() + x * scale
+
+
+class LSQ(nn.Module):
+    """LSQ activation quantisation: the step size's gradient scales with 1/sqrt(numel), its forward does not."""
+
+    def __init__(self, bits=8):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(0.1))
+        self.qn, self.qp = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+    def forward(self, x):
+        s = _grad_scale(self.s, 1.0 / ((x.numel() * self.qp) ** 0.5))
+        q = (x / s).clamp(self.qn, self.qp)
+        return ((q.round() - q).detach() + q) * s
+
+
+class QuantisedMLP(nn.Module):
+    def __init__(self, d=16):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.act_q = LSQ()
+        self.fc2 = nn.Linear(2 * d, d)
+        self.drop_path = DropPath(0.5)
+
+    def forward(self, x):
+        return x + self.drop_path(self.fc2(self.act_q(torch.relu(self.fc1(x)))))
+
+
+class KeepsAttentionGradients(nn.Module):
+    """Saves the attention map's gradient with a tensor hook (attention-rollout code)."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.qk = nn.Linear(d, 2 * d)
+        self.drop_path = DropPath(0.5)
+        self.attn_grad = None
+
+    def forward(self, x):
+        return x + self.drop_path(self.attend(x))
+
+    def attend(self, x):
+        q, k = self.qk(x).chunk(2, -1)
+        attn = (q @ k.transpose(-1, -2)).softmax(-1)
+        if attn.requires_grad:
+            attn.register_hook(lambda grad: setattr(self, "attn_grad", grad))
+        return attn @ x
+
+
+def test_a_backward_that_depends_on_the_batch_trains_as_stock():
+    converted = train_side_by_side(QuantisedMLP, _tokens())
+    assert all("gradient" in _fused_state(m)[""] for m in converted)
+    train_side_by_side(KeepsAttentionGradients, _tokens(),
+                       loss=lambda model, out: out.square().mean() + 0 * model.attn_grad.sum()
+                       if model.attn_grad is not None else out.square().mean())
+
+
+class CachedTable(nn.Module):
+    """A position table cached at class level, keyed by length and device (not dtype)."""
+
+    cache: dict = {}
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.drop_path = DropPath(0.5)
+
+    def forward(self, x):
+        key = (x.shape[1], x.device)
+        if key not in CachedTable.cache:
+            CachedTable.cache[key] = torch.arange(x.shape[1], dtype=x.dtype, device=x.device)[:, None] * 0.01
+        return x + self.drop_path(self.fc(x + CachedTable.cache[key]))
+
+
+def test_a_class_level_cache_is_left_as_verification_found_it():
+    CachedTable.cache.clear()
+    model = dp.convert_model(CachedTable(), fuse_residual=True).train()
+    model(torch.randn(8, 5, 16)).square().mean().backward()  # (verifies in float64 on private copies first)
+    assert [table.dtype for table in CachedTable.cache.values()] == [torch.float32]
+    assert _fused_state(model)[""] == ""
+    for dtype in (torch.float64, torch.float32):  # (the cache is keyed without the dtype: one at a time)
+        CachedTable.cache.clear()
+        train_side_by_side(CachedTable, _tokens(), dtypes=(dtype,))
+
+
+class Meter:
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.values = []
+
+    def update(self, value):
+        with self.lock:
+            self.values.append(value)
+
+
+def test_an_object_that_cannot_be_deep_copied_sees_only_the_real_calls():
+    class Logged(nn.Module):
+        def __init__(self, meter, d=16):
+            super().__init__()
+            self.fc = nn.Linear(d, d)
+            self.drop_path = DropPath(0.5)
+            self.meter = meter
+
+        def forward(self, x):
+            self.meter.update(x.shape[0])
+            return x + self.drop_path(self.fc(x))
+
+    meter = Meter()
+    model = dp.convert_model(Logged(meter), fuse_residual=True).train()
+    for _ in range(3):
+        model(torch.randn(8, 5, 16)).sum().backward()
+    assert meter.values == [8, 8, 8] and _fused_state(model)[""] == ""
+
+
+class LayerDrop(nn.Module):
+    """fairseq-style LayerDrop with Python's random module."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.drop_path = DropPath(0.5)
+
+    def forward(self, x):
+        if random.random() < 0.3:
+            return x
+        return x + self.drop_path(self.fc(x))
+
+
+def test_python_and_numpy_random_streams_are_left_alone():
+    import numpy
+
+    model = dp.convert_model(nn.Sequential(LayerDrop(), LayerDrop()), fuse_residual=True)
+    random.seed(5)
+    numpy.random.seed(5)
+    want = (random.random(), numpy.random.rand())
+    random.seed(5)
+    numpy.random.seed(5)
+    dp.verify_fused(model, torch.randn(8, 5, 16))
+    assert (random.random(), numpy.random.rand()) == want
+    train_side_by_side(lambda: nn.Sequential(LayerDrop(), LayerDrop()), _tokens())
+
+
+def test_a_tensor_drop_rate_draws_as_the_library_does():
+    rates = torch.linspace(0, 0.5, 2)  # (passed to DropPath without .item(), as schedules often are)
+
+    def make():
+        blocks = [PreNorm() for _ in range(2)]
+        for block, rate in zip(blocks, rates):
+            block.drop_path = DropPath(rate)
+        return nn.Sequential(*blocks)
+
+    train_side_by_side(make, _tokens())
+
+
+class DropoutInBranch(PreNorm):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.2)
+
+    def forward(self, x):
+        return x + self.drop_path(self.drop(self.fc2(torch.relu(self.fc1(self.norm(x))))))
+
+
+class Nested(nn.Module):
+    """A residual block inside another block's branch: the inner one draws masks for the samples it is given."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.inner = PreNorm(d)
+        self.fc = nn.Linear(d, d)
+        self.drop_path = DropPath(0.5)
+
+    def forward(self, x):
+        return x + self.drop_path(self.fc(self.inner(x)))
+
+
+@pytest.mark.parametrize("make", [DropoutInBranch, Nested,
+                                  lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False,
+                                                            drop_path_rate=0.5, proj_drop_rate=0.1, img_size=32,
+                                                            patch_size=8, depth=2, embed_dim=32, num_heads=2,
+                                                            num_classes=5)],
+                         ids=["dropout", "nested", "timm_vit_proj_drop"])
+def test_branches_that_draw_random_numbers_train_as_stock(make):
+    shape = (8, 3, 32, 32) if not isinstance(make, type) else (8, 5, 16)
+    train_side_by_side(make, lambda i, dtype: (torch.randn(*shape, dtype=dtype),))
+
+
+def test_a_hook_removed_before_backward_under_checkpointing_trains_as_stock():
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.Sequential(PreNorm(), PreNorm())
+
+        def forward(self, x):
+            return checkpoint(self.blocks, x, use_reentrant=False)
+
+    for convert in (False, True):
+        torch.manual_seed(0)
+        model = Checkpointed()
+        if convert:
+            model = dp.convert_model(model, fuse_residual=True)
+        model.train()
+        for step in range(3):
+            handle = model.blocks[0].fc1.register_forward_hook(lambda *a: None) if step == 1 else None
+            out = model(torch.randn(8, 5, 16, requires_grad=True))
+            if handle is not None:
+                handle.remove()  # (logged one step, removed before backward)
+            out.square().mean().backward()

@@ -221,12 +221,13 @@ def test_shared_inputs_pass_whole_and_a_batch_sized_one_computes_every_sample():
     assert "the rewritten forward raised" in block.__dict__["_droppath_state"]["verdict"]
 
 
-def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_verification_leaves_random_streams_and_buffers_as_they_were(dropout):
     class WithState(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 4)
-            self.drop = nn.Dropout(0.3)
+            self.drop = nn.Dropout(dropout)
             self.register_buffer("calls", torch.zeros(()))
             self.drop_path = dp.DropPath(0.5)
 
@@ -237,8 +238,8 @@ def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
     torch.manual_seed(0)
     first = dp.convert_model(WithState(), fuse_residual=True).train()
     verified = copy.deepcopy(first)
-    assert dp.verify_fused(verified, torch.randn(6, 4)) == {"": None}
-    verified.calls.zero_()
+    verdict = dp.verify_fused(verified, torch.randn(6, 4))[""]
+    assert verified.calls.item() == 0
     x = torch.randn(6, 4)
     outputs, streams = [], []
     for block in (first, verified):  # the first call verifies, then steps; the other only steps
@@ -246,8 +247,12 @@ def test_verification_leaves_random_streams_buffers_and_dropout_as_they_were():
         outputs.append(block(x))
         streams.append(torch.rand(4))
     assert torch.equal(outputs[0], outputs[1]) and torch.equal(streams[0], streams[1])
-    assert first.calls.item() == 1 and first.drop.p == 0.3
-    assert first.__dict__["_droppath_state"]["verdict"] == ""
+    assert first.calls.item() == 1 and first.drop.p == dropout
+    if dropout:  # (skip mode would draw the dropout masks of the kept samples only: a different stream)
+        assert "draws random numbers" in verdict
+        assert verdict == first.__dict__["_droppath_state"]["verdict"]
+    else:
+        assert verdict is None and first.__dict__["_droppath_state"]["verdict"] == ""
 
 
 class _OuterBlock(nn.Module):
@@ -266,7 +271,11 @@ def test_a_generic_block_nested_in_another_ones_branch_leaves_its_verification_a
     model, report = dp.convert_model(_OuterBlock(), fuse_residual=True, return_report=True)
     assert sorted(report.fused) == ["", "inner"]
     model.train()(torch.randn(8, 4))  # the outer block verifies first, the inner one inside its branch
-    assert _verdicts(model) == {"": "", "inner": ""} and sorted(report.fused) == ["", "inner"]
+    # The outer block's branch draws the inner one's masks: in skip mode it would draw them for the kept
+    # samples only (a different random stream), so the outer block runs its stock forward; the inner skips.
+    verdicts = _verdicts(model)
+    assert verdicts["inner"] == "" and "draws random numbers" in verdicts[""]
+    assert report.fused == ["inner"] and report.unfused == [""]
 
 
 def test_data_parallel_replicas_share_the_verdict_and_threads_verify_apart():
