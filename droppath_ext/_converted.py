@@ -125,4 +125,5 @@ def _reduce_converted(self: nn.Module, protocol: int):
     """Converted classes are made at run time, so pickle cannot import them by
     name: a converted module pickles as its library class and conversion, and
     its state (torch.save(model), copy.deepcopy, multiprocessing)."""
-    return _new_converted, _SPECS[type(self)], dict(self.__dict__)
+    converted = next(c for c in type(self).__mro__ if c in _SPECS)  # (a subclass made by FSDP2, say)
+    return _new_converted, _SPECS[converted], dict(self.__dict__)

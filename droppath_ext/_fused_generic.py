@@ -125,7 +125,7 @@ class GenericFusedBlock(FusedBlock):
     """The mixin of every generically fused block (see the module doc)."""
 
     def _droppath_forward(self, args: tuple, kwargs: dict):
-        if not self.training:
+        if not self.training or self.droppath_skip is False:  # (the masked form is the stock forward here)
             return self._droppath_stock_forward(*args, **kwargs)
         compiling = torch.compiler.is_compiling()
         if self._droppath_runs_stock():
@@ -174,8 +174,17 @@ class GenericFusedBlock(FusedBlock):
         True when verified for calls of this ``signature``."""
         cls = type(self)._droppath_stock_class
         state = _state(self)
-        outcome = _verification.verify(self, cls.forward, _rewritten_forward(cls, self), args, kwargs,
-                                       is_stochastic_depth)
+        forward = _rewritten_forward(cls, self)
+        outcome = _verification.verify(self, cls.forward, forward, args, kwargs, is_stochastic_depth)
+        if outcome.status == _verification.REJECTED and outcome.ambiguous and \
+                state.get("batch_sized_inputs") != _EVERY_SAMPLE:
+            # A floating input of the batch's size passed whole (one row per sample, it turns out): again,
+            # with such residuals computing every sample.
+            retry = _verification.verify(self, cls.forward, forward, args, kwargs, is_stochastic_depth,
+                                         {"batch_sized_inputs": _EVERY_SAMPLE})
+            if retry.status == _verification.VERIFIED:
+                state["batch_sized_inputs"] = _EVERY_SAMPLE
+                outcome = retry
         if outcome.status == _verification.VERIFIED and not outcome.sites:
             outcome = _verification.Outcome(
                 _verification.REJECTED, "no residual could run in skip mode on these inputs (an input that "
@@ -342,7 +351,12 @@ def site(block: nn.Module, index: int, drop_path: str, after: Optional[Callable]
         if 0 <= dim < res.dim():
             batch = res.shape[dim]
             rows = _rows_to_take(values, batch, dim)
-            if rows is None or not _unambiguous(shared + _shared(probe), batch, dim):
+            whole = shared + _shared(probe)
+            ambiguous = _batch_sized_floats(whole, batch, dim)
+            if ambiguous and verifying is not None:
+                verifying[1].ambiguous = True
+            if rows is None or not _unambiguous(whole, batch, dim) or \
+                    (ambiguous and _state(block).get("batch_sized_inputs") == _EVERY_SAMPLE):
                 mode = None
             elif verifying is not None:
                 mode = "eager"
@@ -403,6 +417,22 @@ def _rows_to_take(values: tuple, batch: int, dim: int) -> Optional[Tuple[int, ..
                 isinstance(v, Tensor) for v in (value.values() if isinstance(value, dict) else value))):
             return None
     return tuple(rows) if rows else None
+
+
+_EVERY_SAMPLE = "every sample"
+"""``batch_sized_inputs`` of a block whose branch takes a per-sample floating
+input whole (EoMT's attention mask): such a residual computes every sample."""
+
+
+def _batch_sized_floats(shared: Any, batch: int, dim: int) -> bool:
+    """An input the branch takes whole is a floating tensor with the batch size
+    along the batch dim: a table that happens to have it (MONAI Swin's window
+    mask at batch 4), or one row per sample (an attention mask). Passed whole
+    first; a block whose verification then fails computes every sample there."""
+    if shared is _UNSET or batch == 1:
+        return False
+    return any(isinstance(v, Tensor) and v.is_floating_point() and v.dim() > dim and v.shape[dim] == batch
+               for v in shared)
 
 
 def _unambiguous(shared: Any, batch: int, dim: int) -> bool:

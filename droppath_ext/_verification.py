@@ -67,6 +67,16 @@ class Outcome:
     status: str
     reason: Optional[str] = None
     sites: frozenset = frozenset()
+    ambiguous: bool = False
+    """A residual passed its branch a floating input of the batch's size whole
+    (a table, or one row per sample: an attention mask)."""
+
+
+class Sites(set):
+    """The residuals (their indices) that ran in skip mode in a verification,
+    and whether one passed a batch-sized floating input whole."""
+
+    ambiguous = False
 
 
 class _Undecided(Exception):
@@ -81,7 +91,7 @@ generically fused block, nested in a branch, runs its stock forward meanwhile)
 and the residuals of its rewrite (their indices) that skipped so far."""
 
 
-def current() -> Optional[Tuple[nn.Module, set]]:
+def current() -> Optional[Tuple[nn.Module, "Sites"]]:
     return _verifying.get(threading.get_ident()) if _verifying else None
 
 
@@ -107,9 +117,10 @@ _MASKS = {"every other sample kept": _every_other, "a single sample kept": _sing
 
 
 def verify(block: nn.Module, stock: Callable, rewritten: Callable, args: tuple, kwargs: dict,
-           is_stochastic_depth: Callable[[nn.Module], bool]) -> Outcome:
+           is_stochastic_depth: Callable[[nn.Module], bool], state: Optional[dict] = None) -> Outcome:
     """Verify ``rewritten(copy, *args, **kwargs)`` against ``stock(copy, ...)``
-    for ``block`` (see the module doc)."""
+    for ``block`` (see the module doc); ``state``: entries to set in the
+    copies' verification state (how their residuals treat ambiguous inputs)."""
     dim = _batch_dim([m for m in block.children() if is_stochastic_depth(m)])
     batch = _batch_of(args, kwargs, dim)
     if batch is None or batch < 2:
@@ -119,7 +130,7 @@ def verify(block: nn.Module, stock: Callable, rewritten: Callable, args: tuple, 
         for precision in (torch.float64, None):  # (None: the block's own dtypes, if it cannot run in float64)
             try:
                 outcome = _verify_in(block, stock, rewritten, args, kwargs, is_stochastic_depth, dim, batch,
-                                     precision)
+                                     precision, state or {})
             except _Undecided as why:
                 outcome = Outcome(UNDECIDED, str(why))
             if outcome.status != UNDECIDED:
@@ -128,17 +139,18 @@ def verify(block: nn.Module, stock: Callable, rewritten: Callable, args: tuple, 
 
 
 def _verify_in(block, stock, rewritten, args, kwargs, is_stochastic_depth, dim, batch,
-               precision: Optional[torch.dtype]) -> Outcome:
+               precision: Optional[torch.dtype], state: dict) -> Outcome:
     base = _private_block(block, precision, is_stochastic_depth)
+    base.__dict__.setdefault("_droppath_state", {}).update(state)
     real = _private(args, kwargs, precision)
     fresh = _randomised(_private(*real, None), dim, batch)
-    sites: set = set()
+    sites = Sites()
     masks = list(_MASKS)
     try:
         for mask in masks:
             reason = _check(base, stock, rewritten, fresh, _MASKS[mask], dim, sites)
             if reason is not None:
-                return Outcome(REJECTED, f"{reason} (random inputs, {mask})")
+                return Outcome(REJECTED, f"{reason} (random inputs, {mask})", ambiguous=sites.ambiguous)
         on_random = None
         masks = masks[:1]  # (random inputs decided: the call's own are a second look)
     except _Undecided as why:
@@ -156,7 +168,7 @@ def _verify_in(block, stock, rewritten, args, kwargs, is_stochastic_depth, dim, 
                 break
             return Outcome(UNDECIDED, f"{on_random}, and on the call's inputs {why}")
         if reason is not None:
-            return Outcome(REJECTED, f"{reason} (the call's inputs, {mask})")
+            return Outcome(REJECTED, f"{reason} (the call's inputs, {mask})", ambiguous=sites.ambiguous)
     return Outcome(VERIFIED, None, frozenset(sites))
 
 

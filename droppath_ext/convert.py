@@ -144,7 +144,9 @@ def _reduce_fused_block(self: nn.Module, protocol: int):
     """Fused classes are made at run time, so pickle cannot import them by
     name: a fused block pickles as the two classes it combines, and its state
     (torch.save(model), copy.deepcopy, multiprocessing)."""
-    cls, mixin = _FUSED_FROM[type(self)]
+    # (the fused class, or the one it is a base of: FSDP2's fully_shard subclasses the module's class)
+    fused = next(c for c in type(self).__mro__ if c in _FUSED_FROM)
+    cls, mixin = _FUSED_FROM[fused]
     return _new_fused_block, (cls, mixin), dict(self.__dict__)
 
 

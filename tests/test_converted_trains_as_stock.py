@@ -101,42 +101,31 @@ def _drop_paths(model):
     return [m for m in model.modules() if isinstance(m, DropPath)]
 
 
-@pytest.mark.parametrize("make, inputs", [(_vit, lambda i, dtype: (torch.randn(8, 3, 32, 32, dtype=dtype),)),
-                                          (lambda: nn.Sequential(PreNorm(), PreNorm()), _tokens())],
-                         ids=["timm_vit", "generic"])
-def test_drop_paths_set_to_eval_in_a_training_model_drop_nothing(make, inputs):
-    """Mean-teacher code (DAFormer/MIC/HRDA style) sets the DropPath modules to
-    eval inside a training model: the output is deterministic, as stock."""
-    def teacher(model):
-        for m in _drop_paths(model):
-            m.eval()
-
-    converted = train_side_by_side(make, inputs, prepare=teacher)[0]
-    x = inputs(0, torch.float64)[0]
-    outs = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        outs.append(converted(x))
-    assert torch.equal(outs[0], outs[1])
+def _mean_teacher(model):
+    """DAFormer/MIC/HRDA-style: the DropPath modules in eval inside a training model."""
+    for m in _drop_paths(model):
+        m.eval()
 
 
-@pytest.mark.parametrize("make, inputs", [(_vit, lambda i, dtype: (torch.randn(8, 3, 32, 32, dtype=dtype),)),
-                                          (lambda: nn.Sequential(PreNorm(), PreNorm()), _tokens())],
-                         ids=["timm_vit", "generic"])
-def test_drop_paths_in_training_inside_an_eval_model_drop_as_stock(make, inputs):
+def _mc_drop_path(model):
     """MC drop path: the model in eval, its DropPath modules in training."""
-    def mc(model):
-        model.eval()
-        for m in _drop_paths(model):
-            m.train()
+    model.eval()
+    for m in _drop_paths(model):
+        m.train()
 
-    converted = train_side_by_side(make, inputs, prepare=mc)[0]
+
+@pytest.mark.parametrize("flags, drops", [(_mean_teacher, False), (_mc_drop_path, True)], ids=["teacher", "mc"])
+@pytest.mark.parametrize("make, inputs", [(_vit, lambda i, dtype: (torch.randn(8, 3, 32, 32, dtype=dtype),)),
+                                          (lambda: nn.Sequential(PreNorm(), PreNorm()), _tokens())],
+                         ids=["timm_vit", "generic"])
+def test_each_drop_path_module_s_own_training_flag_decides(make, inputs, flags, drops):
+    converted = train_side_by_side(make, inputs, prepare=flags)[0]
     x = inputs(0, torch.float64)[0]
     outs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         outs.append(converted(x))
-    assert not torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[1]) != drops  # (deterministic exactly where nothing drops)
 
 
 # ---- a converted model is still the user's model ---------------------------------------------

@@ -50,4 +50,7 @@ def test_train_step_benchmark_writes_every_compiled_variant(train_step, tmp_path
     data = _run(train_step, tmp_path, "--compile-only")
     assert set(data) == {"compile/0.4"}
     assert set(data["compile/0.4"]) == {"stock", "default", "skip", "masked", "dinov2"}
-    assert all(variant["graphs"] == 1 for variant in data["compile/0.4"].values())  # no recompile, no break
+    # No graph break; converted models that skip compile a second graph once their blocks are verified from
+    # inside the first (compiled before any eager step), and no more.
+    graphs = {name: variant["graphs"] for name, variant in data["compile/0.4"].items()}
+    assert graphs == {"stock": 1, "dinov2": 1, "masked": 1, "default": 2, "skip": 2}
