@@ -1,6 +1,7 @@
 """How much of real models' stochastic depth convert_model reaches: per family,
 the DropPath modules, how many are replaced, how many sit in blocks that run
-in skip mode (fused, and verified by one training step), and why the others
+in skip mode (fused, verified by one training step, and skipping:
+``droppath_ext.skip_status``), and why the others
 do not. Prints a Markdown table (the README's).
 
     python benchmarks/coverage.py            # timm/torchvision sweep, transformers, MONAI, SAM2, research model
@@ -38,13 +39,15 @@ def measure(build, step) -> dict:
     names = _stochastic_depth_modules(stock)
     model, report = dp.convert_model(stock, fuse_residual=True, return_report=True)
     model.train()
-    step(model)  # (verifies generically fused blocks)
-    fused = set(report.fused)
+    step(model)  # (verifies the fused blocks)
+    status = dp.skip_status(model)  # (fused blocks that skip in a training call now: None)
     in_skip, mixing, why = 0, 0, collections.Counter()
     for name in names:
         block = name.rsplit(".", 1)[0] if "." in name else ""
-        if block in fused:
+        if block in status and status[block] is None:
             in_skip += 1
+        elif block in status:
+            why[status[block][:90]] += 1
         elif "mixes samples" in report.reasons.get(block, "") and "not verified" not in report.reasons[block]:
             mixing += 1
         else:

@@ -185,11 +185,9 @@ class GenericFusedBlock(FusedBlock):
             if retry.status == _verification.VERIFIED:
                 state["batch_sized_inputs"] = _EVERY_SAMPLE
                 outcome = retry
-        if outcome.status == _verification.VERIFIED and not outcome.sites:
-            outcome = _verification.Outcome(
-                _verification.REJECTED, "no residual could run in skip mode on these inputs (an input that "
-                                        "carries samples is not a tensor of the batch's samples)")
         if outcome.status == _verification.VERIFIED:
+            # (no residual may skip on such calls -- an input that carries samples is not a tensor of the batch's
+            # samples, a per-sample input the branch takes whole: they compute the stock expression, exact)
             # (and for compiled code whose batch size is symbolic: any batch size of this kind)
             state["signatures"].update({signature, _any_size(signature)})
             state["sites"] = state.get("sites", frozenset()) | outcome.sites
@@ -531,4 +529,8 @@ def _why_not_skipping(block: nn.Module) -> Optional[str]:
         undecided = state.get("last_undecided")
         return "not verified yet: no training call with two or more samples so far" + \
             (f" that could decide ({undecided})" if undecided else "")
+    if not state.get("sites"):
+        return ("no residual could run in skip mode on the calls verified so far (a residual under an `if` "
+                "not taken, an input that carries samples but is not a tensor of the batch's samples, a "
+                "per-sample input the branch takes whole): they compute every sample")
     return None

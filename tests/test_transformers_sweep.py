@@ -136,7 +136,7 @@ def test_family_converts_exactly(family):
     assert set(fused_report.unfused) == set(fused_report.reasons), fused_report
     assert skip.called == (family in FUSED)
     if family in RANDOM_BRANCH:
-        assert all("draws random numbers" in reason for reason in fused_report.reasons.values()), fused_report
+        assert any("draws random numbers" in reason for reason in fused_report.reasons.values()), fused_report
     _assert_same_training(got, _train_step(converted_plain, inputs, seed=5), "fused (skip) vs unfused")
 
 
