@@ -21,7 +21,7 @@ import sys
 import torch
 
 import droppath_ext as dp
-from droppath_ext import _discovery
+from droppath_ext import _discovery, _fused_generic
 
 TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
 
@@ -44,7 +44,7 @@ def measure(build, step) -> dict:
     in_skip, mixing, why = 0, 0, collections.Counter()
     for name in names:
         block = name.rsplit(".", 1)[0] if "." in name else ""
-        if block in status and status[block] is None:
+        if block in status and status[block] in (None, _fused_generic.ZERO_RATE):  # (rate 0: skips once set)
             in_skip += 1
         elif block in status:
             why[status[block][:90]] += 1

@@ -192,6 +192,8 @@ class GenericFusedBlock(FusedBlock):
             state["signatures"].update({signature, _any_size(signature)})
             state["sites"] = state.get("sites", frozenset()) | outcome.sites
             state["verdict"] = _VERIFIED
+            # (a block none of whose residuals can skip is not reported fused while that holds)
+            _report(self, _NO_SITE if not state["sites"] else None)
             return True
         if outcome.status == _verification.UNDECIDED:
             state["undecided"] = state.get("undecided", 0) + 1
@@ -289,11 +291,30 @@ def _reject(block: nn.Module, reason: str) -> None:
     entry = _REPORTS.get(block)
     name = entry[1] if entry else type(block).__name__
     _log.warning("convert_model: %r runs the stock forward: %s", name, reason)
+    _report(block, reason)
+
+
+def _report(block: nn.Module, reason: Optional[str]) -> None:
+    """The conversion report lists ``block`` as unfused for ``reason``, or
+    (None) as fused again."""
+    entry = _REPORTS.get(block)
     report = entry[0]() if entry else None
-    if report is not None and name in report.fused:
+    if report is None:
+        return
+    name = entry[1]
+    if reason is not None and name in report.fused:
         report.fused.remove(name)
         report.unfused.append(name)
         report.reasons[name] = reason
+    elif reason is None and name in report.unfused and report.reasons.get(name) == _NO_SITE:
+        report.unfused.remove(name)
+        report.fused.append(name)
+        del report.reasons[name]
+
+
+_NO_SITE = ("no residual could run in skip mode on the calls verified so far (a residual under an `if` "
+            "not taken, an input that carries samples but is not a tensor of the batch's samples, a "
+            "per-sample input the branch takes whole): they compute every sample, as stock")
 
 
 # ---- the residual sites ----------------------------------------------------------------------
@@ -496,6 +517,9 @@ def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
     return result
 
 
+ZERO_RATE = "drop rate 0: nothing to skip (it skips once a rate is set, as a schedule does)"
+
+
 def skip_status(model: nn.Module) -> Dict[str, Optional[str]]:
     """Whether each fused block of ``model`` runs in skip mode now, in a
     training call: None where it does, else why not -- the reason it was
@@ -522,15 +546,17 @@ def _why_not_skipping(block: nn.Module) -> Optional[str]:
     if hook is not None:
         return f"runs the stock forward while {hook} watches it"
     depths = [m for m in block.children() if is_stochastic_depth(m)]
-    live = [m for m in depths if m.training and (m._droppath_settings() or (0.0,))[0] > 0.0]
-    if not live:
-        return "its stochastic-depth modules are in eval mode, at drop rate 0, or draw once per batch"
+    per_sample = [m for m in depths if m._droppath_settings() is not None]
+    if not per_sample:
+        return "its stochastic depth draws once per batch (mode 'batch') or from a tensor rate"
+    if not any(m.training for m in per_sample):
+        return "its stochastic-depth modules are in eval mode"
+    if all(m._droppath_settings()[0] == 0.0 for m in per_sample):
+        return ZERO_RATE
     if not state["signatures"]:
         undecided = state.get("last_undecided")
         return "not verified yet: no training call with two or more samples so far" + \
             (f" that could decide ({undecided})" if undecided else "")
     if not state.get("sites"):
-        return ("no residual could run in skip mode on the calls verified so far (a residual under an `if` "
-                "not taken, an input that carries samples but is not a tensor of the batch's samples, a "
-                "per-sample input the branch takes whole): they compute every sample")
+        return _NO_SITE
     return None

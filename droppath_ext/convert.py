@@ -113,7 +113,7 @@ def _fuser(module: nn.Module) -> tuple[Optional[type], Optional[str]]:
         return None, "its stochastic depth draws once per batch (mode 'batch'): nothing per sample to skip"
     reason = _fused_generic.why_not(module)
     if reason:
-        return None, reason
+        return None, _MIXES_SAMPLES if _mixes_samples(module) else reason
     if any(_mixes_samples(m) for m in _fused_generic.branch_modules(module)):
         return None, _MIXES_SAMPLES
     return _fused_generic.GenericFusedBlock, None
