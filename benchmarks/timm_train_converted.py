@@ -2,16 +2,18 @@
 script that compiles before its first step (``--torchcompile``)?
 
     python benchmarks/timm_train_converted.py /path/to/pytorch-image-models/train.py \\
-        --data-dir /path/to/imagefolder --model eva02_tiny_patch14_224 --img-size 32 \\
-        --drop-path 0.4 --torchcompile --epochs 1 -b 16 --workers 0
+        --data-dir /path/to/imagefolder --model eva02_tiny_patch14_224 --img-size 56 \\
+        --model-kwargs img_size=56 --drop-path 0.4 --torchcompile --epochs 1 -b 16 --workers 0 \\
+        --device cpu
 
 The script runs ``train.py`` unchanged, with ``timm.models.create_model``
 wrapped so that every model it makes is converted
 (``droppath_ext.convert_model(model, fuse_residual=True)``) and each block's
 MLP activation counts, from inside the compiled graph, the samples its
-branch computes (an opaque op that runs with the real tensors). At exit it
-prints, per training step, the samples the MLP branches computed against the
-samples a stock model computes, and :func:`droppath_ext.skip_status`.
+branch computes in training calls (an opaque op that runs with the real
+tensors; verification's private copies are not counted). At exit it prints,
+per training step, the samples the MLP branches computed, what a stock model
+computes, and :func:`droppath_ext.skip_status`.
 ``--no-convert`` runs the stock model with the same counting, for comparison.
 """
 
@@ -26,13 +28,15 @@ import torch
 from torch import nn
 
 import droppath_ext as dp
+from droppath_ext import _verification
 
 _COUNTS: List[int] = []
 
 
 @torch.library.custom_op("droppath_benchmarks::count_samples", mutates_args=())
 def _count_samples(x: torch.Tensor) -> torch.Tensor:
-    _COUNTS.append(x.shape[0])
+    if _verification.current() is None:  # (not the private copies verification runs)
+        _COUNTS.append(x.shape[0])
     return x.clone()
 
 
@@ -50,7 +54,8 @@ class _Counting(nn.Module):
         self.inner = inner
 
     def forward(self, x):
-        return _count_samples(self.inner(x))
+        # (training calls only: validation computes every sample in any model)
+        return _count_samples(self.inner(x)) if self.training else self.inner(x)
 
 
 def _instrument(model: nn.Module) -> int:
@@ -70,6 +75,7 @@ def main() -> None:
     script, args = sys.argv[1], sys.argv[2:]
     convert = "--no-convert" not in args
     args = [a for a in args if a != "--no-convert"]
+    batch = next((int(args[i + 1]) for i, a in enumerate(args[:-1]) if a in ("-b", "--batch-size")), None)
     import timm.models
 
     made: List[nn.Module] = []
@@ -92,7 +98,12 @@ def main() -> None:
         per_call = len([m for m in made[0].modules() if isinstance(m, _Counting)])
         steps = [sum(_COUNTS[i:i + per_call]) for i in range(0, len(_COUNTS), per_call)]
         print(f"timm_train_converted: samples the MLP branches computed per call: {steps}")
+        print("timm_train_converted: per block: "
+              + " | ".join(" ".join(map(str, _COUNTS[i:i + per_call])) for i in range(0, len(_COUNTS), per_call)))
+        if batch:
+            print(f"timm_train_converted: a stock model computes {per_call * batch} per full training step")
         if convert:
+            made[0].train()  # (the script ends in eval mode; the status a training step meets)
             print(f"timm_train_converted: skip_status: {dp.skip_status(made[0])}")
 
     atexit.register(report)
