@@ -10,15 +10,13 @@ module is the same object with a subclass of its own class (``_converted.py``):
 still an instance of its library's class, of the same name and repr, reading
 its library's rate attribute and its own training flag on every call.
 
-Fused (``fuse_residual=True``): hand-written forms where they exist --
-timm's ViT ``Block`` and ``ConvNeXtBlock`` (``_fused_timm.py``), torchvision's
-``CNBlock`` (``_fused_torchvision.py``), transformers layers whose forward is
-one a form was written for (``_fused_transformers.py``) -- and any other block
-holding a stochastic-depth module whose forward adds it to a residual in the
-usual ways, from a rewrite of that forward (``_rewrite.py``), verified against
-the stock forward on private copies before it is trusted
-(``_fused_generic.py``, ``_verification.py``). Blocks with BatchNorm (batch
-statistics) are never fused.
+Fused (``fuse_residual=True``): any block holding a stochastic-depth module
+whose forward adds it to a residual in the usual ways (timm, torchvision and
+transformers blocks included: one mechanism), from a rewrite of that forward
+(``_rewrite.py``), verified against the stock forward on private copies
+before it is trusted, on the block's first training call, eager or compiled
+(``_fused_generic.py``, ``_verification.py``, ``_verify_under_compile.py``).
+Blocks whose branch holds BatchNorm (batch statistics) are never fused.
 
 A fused block is the same object with a new class of the same name: a
 subclass of its own class whose ``forward`` comes from a mixin, reading the
