@@ -118,6 +118,7 @@ def prepare(block: nn.Module, report: Any, name: str) -> None:
     """A newly fused ``block``: its verification state, unverified, and where a
     failed verification is to be reported."""
     block.__dict__["_droppath_state"] = {"signatures": set()}
+    _verify_under_compile.enrol(block)
     _REPORTS[block] = (weakref.ref(report), name)
 
 

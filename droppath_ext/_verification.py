@@ -743,7 +743,8 @@ def _tensor_differs(got: Any, want: Tensor, where: str) -> Optional[str]:
 
 
 # Attributes every module has, which are not what its forward computes.
-_MODULE_INTERNALS = frozenset(vars(nn.Module()).keys()) | {"forward", "_droppath_state", "droppath_skip"}
+_MODULE_INTERNALS = frozenset(vars(nn.Module()).keys()) | {"forward", "_droppath_state", "droppath_skip",
+                                                             "_droppath_compile_key"}
 
 
 def _state_differs(got: nn.Module, want: nn.Module) -> Optional[str]:

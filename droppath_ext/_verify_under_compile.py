@@ -27,9 +27,23 @@ from torch import Tensor, nn
 
 from ._on_import import when_imported
 
-_requests: Dict[int, Tuple["weakref.ReferenceType[nn.Module]", tuple]] = {}
-"""key -> (the block, the layout of its (args, kwargs)); made while tracing, read when the graph runs."""
+_requests: Dict[int, Tuple[int, tuple]] = {}
+"""key -> (the block's key, the layout of its (args, kwargs)); made while tracing, read when the graph runs."""
 _keys = itertools.count()
+_blocks: Dict[int, "weakref.ReferenceType[nn.Module]"] = {}
+"""A block's key (``KEY`` in its ``__dict__``) -> the block."""
+_block_keys = itertools.count()
+KEY = "_droppath_compile_key"
+
+
+def enrol(block: nn.Module) -> None:
+    """Give ``block`` its key (at conversion, and for every copy: pickling
+    leaves the key out). Tracing reads the key, an integer, rather than the
+    block itself: dynamo (torch 2.11) passes only constants to a function
+    whose result is a constant of the graph."""
+    key = next(_block_keys)
+    block.__dict__[KEY] = key
+    _blocks[key] = weakref.ref(block, lambda _, key=key: _blocks.pop(key, None))
 _TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag is not None)
 
 
@@ -41,8 +55,10 @@ def request(block: nn.Module, out: Any, args: tuple, kwargs: dict) -> Any:
     tensors: List[Tensor] = []
     numbers: List[Any] = []
     layout = _layout((tuple(args), tuple(kwargs.items())), tensors, numbers, 0)
-    if layout is None:
+    key = getattr(block, KEY, None)
+    if layout is None or key is None:  # (None: a block fused by hand, not by convert_model; its eager call verifies)
         return out
+    block = key
     if isinstance(out, Tensor):
         return _through(block, out, layout, tensors, numbers)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
@@ -50,7 +66,7 @@ def request(block: nn.Module, out: Any, args: tuple, kwargs: dict) -> Any:
     return out
 
 
-def _through(block: nn.Module, out: Tensor, layout: tuple, tensors: list, numbers: list) -> Tensor:
+def _through(block: int, out: Tensor, layout: tuple, tensors: list, numbers: list) -> Tensor:
     return torch.ops.droppath_ext._verify_on_first_run(out, tensors, numbers, _register(block, layout))
 
 
@@ -88,11 +104,12 @@ def _rebuild(layout: tuple, tensors: List[Tensor], numbers: List[int]) -> Any:
     return items if kind == "list" else tuple(items)
 
 
-def _register(block: nn.Module, layout: tuple) -> int:
-    """A key for this request (run while tracing, its result a constant of
-    the graph: marked ``assume_constant_result`` below)."""
+def _register(block: int, layout: tuple) -> int:
+    """A key for this request of the block keyed ``block`` (run while
+    tracing, its result a constant of the graph: marked
+    ``assume_constant_result`` below)."""
     key = next(_keys)
-    _requests[key] = (weakref.ref(block), layout)
+    _requests[key] = (block, layout)
     return key
 
 
@@ -108,7 +125,8 @@ def _verify_on_first_run(out: Tensor, tensors: List[Tensor], numbers: List[int],
     """Verifies the requesting block on these inputs (nothing once its kind of
     call is verified or rejected), and returns a copy of ``out``."""
     entry = _requests.get(key)
-    block = entry[0]() if entry is not None else None
+    ref = _blocks.get(entry[0]) if entry is not None else None
+    block = ref() if ref is not None else None
     if block is not None:
         args, kwargs = _rebuild(entry[1], tensors, numbers)
         block._droppath_verify_pending(tuple(args), dict(kwargs))

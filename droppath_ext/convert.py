@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
-from . import _converted, _discovery, _fused_generic
+from . import _converted, _discovery, _fused_generic, _verify_under_compile
 from .modules import DropPath, StochasticDepth
 from ._fused_block import hook_inside
 from .residual import SkipDropped
@@ -135,7 +135,9 @@ def _new_fused_block(cls: type, mixin: type) -> nn.Module:
     """Unpickling: an empty instance of the fused class, made again from the
     classes it combines (both importable by name), whose state pickle restores."""
     fused = _fused_class(cls, mixin)
-    return fused.__new__(fused)
+    block = fused.__new__(fused)
+    _verify_under_compile.enrol(block)  # (its own key: the state pickle restores leaves the original's out)
+    return block
 
 
 def _reduce_fused_block(self: nn.Module, protocol: int):
@@ -145,7 +147,7 @@ def _reduce_fused_block(self: nn.Module, protocol: int):
     # (the fused class, or the one it is a base of: FSDP2's fully_shard subclasses the module's class)
     fused = next(c for c in type(self).__mro__ if c in _FUSED_FROM)
     cls, mixin = _FUSED_FROM[fused]
-    return _new_fused_block, (cls, mixin), dict(self.__dict__)
+    return _new_fused_block, (cls, mixin), {k: v for k, v in self.__dict__.items() if k != _verify_under_compile.KEY}
 
 
 def _holds_stochastic_depth(module: nn.Module) -> bool:

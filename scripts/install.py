@@ -2,7 +2,7 @@
 
     python scripts/install.py           # torch if missing, build tools, build + install, self-check
     python scripts/install.py --test    # test dependencies, then the default test run (~7 min)
-    python scripts/install.py --test --full   # the full test run (~22 min on 2 cores)
+    python scripts/install.py --test --full   # the full test run (~16 min on 2 cores)
 
 The install is editable by default (``pip install -e``): the compiled library
 is built into this checkout, which is then the package every Python process
