@@ -53,7 +53,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import residual
+from . import _verify_under_compile, residual
 
 VERIFIED, REJECTED, UNDECIDED = "verified", "rejected", "undecided"
 _SEED = 20240229
@@ -744,7 +744,7 @@ def _tensor_differs(got: Any, want: Tensor, where: str) -> Optional[str]:
 
 # Attributes every module has, which are not what its forward computes.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()).keys()) | {"forward", "_droppath_state", "droppath_skip",
-                                                             "_droppath_compile_key"}
+                                                             _verify_under_compile.KEY}
 
 
 def _state_differs(got: nn.Module, want: nn.Module) -> Optional[str]:

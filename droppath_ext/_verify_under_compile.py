@@ -44,6 +44,8 @@ def enrol(block: nn.Module) -> None:
     key = next(_block_keys)
     block.__dict__[KEY] = key
     _blocks[key] = weakref.ref(block, lambda _, key=key: _blocks.pop(key, None))
+
+
 _TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag is not None)
 
 
@@ -55,19 +57,18 @@ def request(block: nn.Module, out: Any, args: tuple, kwargs: dict) -> Any:
     tensors: List[Tensor] = []
     numbers: List[Any] = []
     layout = _layout((tuple(args), tuple(kwargs.items())), tensors, numbers, 0)
-    key = getattr(block, KEY, None)
-    if layout is None or key is None:  # (None: a block fused by hand, not by convert_model; its eager call verifies)
+    block_key = getattr(block, KEY, None)
+    if layout is None or block_key is None:  # (None: fused by hand, not by convert_model; its eager call verifies)
         return out
-    block = key
     if isinstance(out, Tensor):
-        return _through(block, out, layout, tensors, numbers)
+        return _through(block_key, out, layout, tensors, numbers)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return type(out)([_through(block, out[0], layout, tensors, numbers), *out[1:]])
+        return type(out)([_through(block_key, out[0], layout, tensors, numbers), *out[1:]])
     return out
 
 
-def _through(block: int, out: Tensor, layout: tuple, tensors: list, numbers: list) -> Tensor:
-    return torch.ops.droppath_ext._verify_on_first_run(out, tensors, numbers, _register(block, layout))
+def _through(block_key: int, out: Tensor, layout: tuple, tensors: list, numbers: list) -> Tensor:
+    return torch.ops.droppath_ext._verify_on_first_run(out, tensors, numbers, _register(block_key, layout))
 
 
 def _layout(value: Any, tensors: list, numbers: list, depth: int) -> Optional[tuple]:
@@ -104,12 +105,12 @@ def _rebuild(layout: tuple, tensors: List[Tensor], numbers: List[int]) -> Any:
     return items if kind == "list" else tuple(items)
 
 
-def _register(block: int, layout: tuple) -> int:
-    """A key for this request of the block keyed ``block`` (run while
+def _register(block_key: int, layout: tuple) -> int:
+    """A key for this request of the block keyed ``block_key`` (run while
     tracing, its result a constant of the graph: marked
     ``assume_constant_result`` below)."""
     key = next(_keys)
-    _requests[key] = (block, layout)
+    _requests[key] = (block_key, layout)
     return key
 
 
