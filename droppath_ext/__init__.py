@@ -1,9 +1,9 @@
 """droppath_ext: DropPath (stochastic depth) as a fast compiled PyTorch operator.
 
-Public API: :func:`drop_path`, :func:`drop_path_add`, :func:`stochastic_depth`,
-:func:`drop_path_residual`, :class:`DropPath`, :class:`StochasticDepth`,
-:func:`convert_model`, :func:`verify_fused`, :func:`skip_status`, :func:`backend`,
-:func:`replay_generators`.
+Public API: ``drop_path``, ``drop_path_add``, ``stochastic_depth``,
+``drop_path_residual``, ``DropPath``, ``StochasticDepth``,
+``convert_model``, ``verify_fused``, ``skip_status``, ``backend``,
+``replay_generators``.
 """
 
 from . import _inductor_fixes, _library

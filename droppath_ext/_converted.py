@@ -2,8 +2,8 @@
 
 ``convert_model`` does not swap a library's stochastic-depth module for a new
 object: it gives the same object a new class, made once per library class, a
-subclass of that class and of this package's :class:`~droppath_ext.DropPath`
-(or :class:`~droppath_ext.StochasticDepth`) whose only change is ``forward``.
+subclass of that class and of this package's ``droppath_ext.DropPath``
+(or ``droppath_ext.StochasticDepth``) whose only change is ``forward``.
 So after conversion:
 
 - ``isinstance(m, timm.layers.DropPath)`` (or the library's own class) holds,

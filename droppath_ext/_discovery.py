@@ -6,7 +6,7 @@ Everything else -- transformers' 44 ``XxxDropPath`` classes, MONAI's
 ``DropPath``, SAM2's, mmcv's, and the copies of timm's ``drop_path`` pasted
 into research code -- is a *candidate* when its class name says stochastic
 depth (``DropPath``, ``StochasticDepth``, ``DropPath2D``, ``MyDropPath``, ...),
-and is replaced by this package's :class:`~droppath_ext.DropPath` only after a
+and is replaced by this package's ``droppath_ext.DropPath`` only after a
 copy of it passed a behaviour check:
 
 - in eval mode, and in training at drop rate 0, it returns its input;

@@ -3,7 +3,7 @@
 A fused block (``convert.py``) is the model's own block object with a new
 class of the same name, a subclass of ``GenericFusedBlock`` and of its own.
 Its forward runs skip mode (dropped samples' branch never computed) where
-``droppath_skip`` and :func:`droppath_ext.residual.skip_pays` say so, except
+``droppath_skip`` and ``droppath_ext.residual.skip_pays`` say so, except
 where a hook would see the difference.
 
 Hooks: a forward or forward-pre hook on a module inside the branch (or a
@@ -58,7 +58,7 @@ def hooks_inside(block: nn.Module) -> bool:
 
 
 def hook_inside(block: nn.Module) -> Optional[str]:
-    """Where :func:`hooks_inside` finds a hook ("a forward hook on attn.proj",
+    """Where ``hooks_inside`` finds a hook ("a forward hook on attn.proj",
     "a global forward hook"), or None."""
     for name in _GLOBAL_HOOKS:
         hooks = getattr(nn.modules.module, name)
@@ -98,7 +98,7 @@ class FusedBlock:
         batch, which on the CPU cost about 4% of a ConvNeXt block (timm
         ``convnext_atto``, every sample kept), more than skipping saves below
         that rate (measured: at timm drop_path_rate 0.1, all blocks skipping,
-        0.96x compiled stock; see the README's ConvNeXt rows)."""
+        0.96x compiled stock; see docs/skip-mode.md's ConvNeXt rows)."""
         if self.droppath_skip == "auto" and drop_prob < _COMPILED_CONV_MIN_RATE and \
                 torch.compiler.is_compiling() and _has_convolutions(self):
             return False

@@ -13,9 +13,9 @@ forward, and ``inspect`` sees its signature) that runs:
   and meta tensors, functorch, ``torch.export`` via the sites' own checks),
   while a hook watches the block (``_fused_block``), for kinds of call not
   verified, and for good once a verification failed;
-- otherwise the rewritten forward, whose residuals go through :func:`site`:
+- otherwise the rewritten forward, whose residuals go through ``site``:
   skip mode where the residual's stochastic-depth module is training, the
-  block's policy and :func:`residual.skip_pays` say so, and every per-sample
+  block's policy and [`skip_pays`][droppath_ext.residual.skip_pays] say so, and every per-sample
   input has the residual's batch; else the stock expression ``res + dp(branch)``.
 
 Verification (``_verification``), on the block's first eager training call
@@ -31,7 +31,7 @@ conversion (``fused`` -> ``unfused``, with ``reasons``). A verification that
 cannot decide (degenerate inputs on which the stock forward fails) leaves
 the call to the stock forward and tries again on the next one, up to three.
 Under ``torch.compile``, a kind of call not yet verified runs the stock
-forward: :func:`verify_fused` verifies a model's blocks before compiling it.
+forward: [`verify_fused`][droppath_ext.verify_fused] verifies a model's blocks before compiling it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def rewrite_for(cls: type, block: nn.Module) -> _rewrite.Rewrite:
 
 
 def _rewritten_forward(cls: type, block: nn.Module) -> Callable:
-    """The rewritten forward of ``cls``, its residuals calling :func:`site` (made once per class)."""
+    """The rewritten forward of ``cls``, its residuals calling ``site`` (made once per class)."""
     if cls not in _FORWARDS:
         _FORWARDS[cls] = rewrite_for(cls, block).make(site)
     return _FORWARDS[cls]
@@ -102,7 +102,7 @@ def branch_modules(block: nn.Module) -> list:
 def fused_forward(cls: type) -> Callable:
     """The ``forward`` of ``cls``'s fused class: the stock signature and
     source (``__wrapped__``, for TorchScript and ``inspect``), dispatching to
-    :meth:`GenericFusedBlock._droppath_forward`."""
+    ``GenericFusedBlock._droppath_forward``."""
     stock = cls.forward
 
     def forward(self, *args, **kwargs):
@@ -477,20 +477,34 @@ def _unambiguous(shared: Any, batch: int, dim: int) -> bool:
 # ---- verification before compiling -------------------------------------------------------
 
 
-def verify_fused(model: nn.Module, *args, **kwargs) -> Dict[str, Optional[str]]:
-    """Verify the generically fused blocks of ``model`` now, on the inputs
-    each block receives in ``model(*args, **kwargs)`` (at least two samples).
+def verify_fused(model: nn.Module, *args: Any, **kwargs: Any) -> Dict[str, Optional[str]]:
+    """Verify the fused blocks of ``model`` now, on the inputs each block
+    receives in ``model(*args, **kwargs)`` (at least two samples).
 
-    Blocks are otherwise verified on their first eager training call of each
-    kind (``torch.compile`` included: see the README). This runs one
-    training-mode forward of a private copy of ``model`` on copies of the
-    inputs, with no autograd and the random streams forked: nothing of the
-    model, the inputs or the random streams changes but the blocks' verdicts.
+    Optional: fused blocks verify themselves on their first training call of
+    each kind, eager or compiled. This warm-up runs one training-mode forward
+    of a private copy of ``model`` on copies of the inputs, with no autograd
+    and the random streams forked: nothing of the model, the inputs or the
+    random streams changes but the blocks' verdicts.
+
+    Args:
+        model: a model converted with ``fuse_residual=True``.
+        *args: the model's inputs, as in a training call.
+        **kwargs: the model's keyword inputs.
 
     Returns:
-        For each generically fused block (by name): None when verified (it runs
-        in skip mode), else why not (the reason it runs the stock forward for
-        good, or why this call could not verify it).
+        For each fused block (by name): None when verified (it runs in skip
+        mode), else why not (the reason it runs the stock forward for good,
+        or why this call could not verify it).
+
+    Example:
+        ```python
+        import timm, torch, droppath_ext as dp
+        model = dp.convert_model(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8,
+                                                   depth=2, drop_path_rate=0.2), fuse_residual=True)
+        print(dp.verify_fused(model, torch.randn(4, 3, 32, 32)))   # {'blocks.1': None}
+        # (timm's drop-rate schedule gives blocks.0 rate 0, hence no DropPath to fuse)
+        ```
     """
     blocks = {name: m for name, m in model.named_modules() if isinstance(m, GenericFusedBlock)}
     with _verification.isolated(model):
@@ -522,12 +536,30 @@ ZERO_RATE = "drop rate 0: nothing to skip (it skips once a rate is set, as a sch
 
 
 def skip_status(model: nn.Module) -> Dict[str, Optional[str]]:
-    """Whether each fused block of ``model`` runs in skip mode now, in a
-    training call: None where it does, else why not -- the reason it was
-    left on the stock forward for good, a hook inside it that watches the
-    batch, ``skip_dropped=False``, stochastic-depth modules in eval mode or
-    at rate 0, or no verified call yet. Call it any time (after some training
-    steps it tells fused-and-skipping blocks from fused ones that never skip).
+    """Whether each fused block of ``model`` runs in skip mode now.
+
+    Call it any time: after some training steps it tells the fused blocks that
+    skip from those that never do.
+
+    Args:
+        model: a model converted with ``fuse_residual=True``.
+
+    Returns:
+        For each fused block (by name): None where a training call runs skip
+        mode, else why not: the reason it was left on the stock forward for
+        good (its verification rejected it), a hook inside it that watches the
+        batch, ``skip_dropped=False``, stochastic-depth modules in eval mode or
+        at rate 0, or no verified training call yet.
+
+    Example:
+        ```python
+        import timm, torch, droppath_ext as dp
+        model = dp.convert_model(timm.create_model("convnext_atto", drop_path_rate=0.2, num_classes=10),
+                                 fuse_residual=True)
+        print(dp.skip_status(model)["stages.0.blocks.1"])   # not verified yet: no training call ...
+        model.train()(torch.randn(4, 3, 32, 32)).sum().backward()
+        print(dp.skip_status(model)["stages.0.blocks.1"])   # None: it skips now
+        ```
     """
     status: Dict[str, Optional[str]] = {}
     for name, block in model.named_modules():

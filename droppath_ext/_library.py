@@ -180,12 +180,15 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def backend() -> str:
-    """``"python"`` for the fallback, else the compiled backends: ``"cpu"`` or ``"cpu+cuda"``."""
+    """Which implementation runs: ``"cpu"`` or ``"cpu+cuda"`` (the compiled
+    library, with or without its CUDA kernels), or ``"python"`` (the pure-PyTorch
+    fallback, when the library is missing or was built for another torch;
+    [`backend_reason`][droppath_ext.backend_reason] says why)."""
     if not LOADED:
         return "python"
     return "cpu+cuda" if has_kernel("_scale_rows", "CUDA") else "cpu"
 
 
 def backend_reason() -> str:
-    """Why :func:`backend` is what it is (where the library came from, or why it did not load)."""
+    """Why [`backend`][droppath_ext.backend] is what it is (where the library came from, or why it did not load)."""
     return REASON

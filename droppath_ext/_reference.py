@@ -35,6 +35,7 @@ from ._validation import (
     check_pair,
     dim_of,
     normalize_batch_dim,
+    shapes_differ,
 )
 
 def _math_dtype(x: Tensor) -> torch.dtype:
@@ -58,7 +59,8 @@ def _index_factors(factors: Tensor, length: int, cu_seqlens: Optional[Tensor]) -
     if factors.shape[0] == 0:
         return factors.new_zeros([length])
     index = torch.arange(length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    segment = torch.searchsorted(cu_seqlens[1:], index, right=True)
+    # (contiguous: under vmap the offsets are a strided slice of a batched tensor)
+    segment = torch.searchsorted(cu_seqlens[1:].contiguous(), index, right=True)
     return factors[segment.clamp(max=factors.shape[0] - 1)]
 
 
@@ -83,7 +85,7 @@ def _add(
 def _check_factors(factors: Tensor, samples: int) -> None:
     if factors.dim() != 1:
         raise ValueError(f"factors must be 1-D (one value per sample), got shape {list(factors.shape)}")
-    if factors.shape[0] != samples:
+    if shapes_differ([factors.shape[0]], [samples]):
         raise ValueError(
             f"factors must have one value per sample: the input has {samples} samples, "
             f"factors has {factors.shape[0]}"
@@ -262,7 +264,7 @@ def forward(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """timm's ``drop_path``; see :func:`droppath_ext.drop_path`."""
+    """timm's ``drop_path``; see ``droppath_ext.drop_path``."""
     if not torch.jit.is_scripting():
         if training and drop_prob != 0.0 and has_torch_function((x, cu_seqlens)):
             return handle_torch_function(forward, (x, cu_seqlens), x, drop_prob, training, scale_by_keep,
@@ -284,7 +286,7 @@ def add(
     cu_seqlens: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
 ) -> Tensor:
-    """``residual + drop_path(branch)``; see :func:`droppath_ext.drop_path_add`.
+    """``residual + drop_path(branch)``; see ``droppath_ext.drop_path_add``.
     Mixed dtypes promote, as that sum does."""
     if not torch.jit.is_scripting():
         if training and drop_prob != 0.0 and has_torch_function((residual, branch, cu_seqlens)):

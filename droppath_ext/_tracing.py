@@ -16,7 +16,8 @@ frozen.
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +32,18 @@ def is_proxy(value: object) -> bool:
     """An FX symbolic-tracing proxy (``torch.fx.symbolic_trace``, torchvision's
     and timm's feature extraction): it has no dtype, shape or values to check."""
     return isinstance(value, torch.fx.Proxy)
+
+
+def shapes_differ(a: Sequence, b: Sequence) -> bool:
+    """``a != b`` for two shapes (or lists of sizes), for a check that raises
+    a clear error. Under ``torch.jit.trace`` sizes are traced tensors, and
+    comparing them warns that the trace takes the result as a constant, which
+    is what a shape check means: the warning is silenced there."""
+    if not torch.jit.is_tracing():
+        return a != b
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return bool(a != b)
 
 
 def _functorch_active() -> bool:
@@ -166,5 +179,5 @@ def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
 
 def plain_eager(*tensors: Optional[Tensor]) -> bool:
     """Whether Python may read these tensors' values and branch on them
-    (:func:`why_not_plain_eager` says why not)."""
+    (``why_not_plain_eager`` says why not)."""
     return why_not_plain_eager(*tensors) is None

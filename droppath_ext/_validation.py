@@ -24,6 +24,14 @@ def symbolic(x: Optional[Tensor]) -> bool:
         return _tracing.is_proxy(x)
 
 
+def shapes_differ(a: List[int], b: List[int]) -> bool:
+    """``a != b`` for shapes, silently under ``torch.jit.trace`` (``_tracing.shapes_differ``)."""
+    if torch.jit.is_scripting():
+        return a != b
+    else:
+        return _tracing.shapes_differ(a, b)
+
+
 def check_drop_prob(drop_prob: float) -> None:
     # Written so that NaN fails too.
     if not (drop_prob >= 0.0 and drop_prob <= 1.0):
@@ -52,7 +60,7 @@ def check_pair(residual: Tensor, branch: Tensor, same_dtype: bool = True) -> Non
     check_input(branch, "branch")
     if symbolic(residual) or symbolic(branch):
         return
-    if residual.shape != branch.shape:
+    if shapes_differ(residual.shape, branch.shape):
         raise ValueError(
             f"residual and branch must have the same shape, got {residual.shape} and {branch.shape}"
         )

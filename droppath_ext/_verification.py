@@ -2,7 +2,7 @@
 forward computes, on private copies: nothing the user holds is read back,
 written or advanced.
 
-One verification (:func:`verify`) of a block on one call's inputs:
+One verification (``verify``) of a block on one call's inputs:
 
 - **a private copy of the block**, in float64 where the block runs in it,
   its floating parameters perturbed (a zero-initialised bias or a 1e-5 layer

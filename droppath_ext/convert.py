@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple, Union
 
 from torch import nn
 
@@ -44,12 +44,19 @@ _log = logging.getLogger("droppath_ext")
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert_model` did, by qualified module name."""
+    """What [`convert_model`][droppath_ext.convert_model] did, by qualified module name.
+
+    The report stays live: a fused block that its verification rejects, or
+    none of whose residuals can skip, moves from ``fused`` to ``unfused`` (with
+    the reason) at its first training call, and back if a later kind of call
+    skips. [`skip_status`][droppath_ext.skip_status] says what each fused
+    block does now.
+    """
 
     replaced: List[str] = field(default_factory=list)
     """Stochastic-depth modules converted (in place) to run on this package's ops."""
     fused: List[str] = field(default_factory=list)
-    """Residual blocks rewritten to skip dropped samples' compute."""
+    """Residual blocks rewritten to skip dropped samples' compute (verified on their first training call)."""
     unfused: List[str] = field(default_factory=list)
     """Modules holding a stochastic-depth module that were left as they are
     (a branch that mixes samples such as BatchNorm, a forward without a
@@ -161,34 +168,49 @@ def convert_model(
     *,
     skip_dropped: SkipDropped = "auto",
     return_report: bool = False,
-):
-    """Convert every stochastic-depth module in ``model`` (in place) to run on
-    this package's ops: timm's and torchvision's, and those of any other
-    library that pass a behaviour check. Each stays the same object, an
-    instance of its library's class (and of :class:`droppath_ext.DropPath` /
-    :class:`droppath_ext.StochasticDepth`), with its name, repr and
-    attributes; writes to its rate attribute and its own ``train()`` /
-    ``eval()`` keep acting.
+) -> Union[nn.Module, Tuple[nn.Module, ConversionReport]]:
+    """Make ``model``'s stochastic-depth modules run on this package's ops, in place.
+
+    Converted: timm's ``DropPath``, torchvision's ``StochasticDepth``, and any
+    other library's stochastic-depth module (transformers' ``XxxDropPath``,
+    MONAI's, a pasted copy of timm's) once a copy of it passed a behaviour
+    check. Each stays the same object, an instance of its library's class
+    (and of [`DropPath`][droppath_ext.DropPath] or
+    [`StochasticDepth`][droppath_ext.StochasticDepth]) with its name, repr and
+    attributes; it reads its library's rate attribute and its own ``train()``
+    / ``eval()`` flag on every call, so drop-rate schedules keep acting.
 
     Args:
         model: any module; converted in place and returned.
         fuse_residual: also fuse residual blocks, so that in training each
-            branch runs on kept samples only: the hand-written forms (timm ViT
-            ``Block`` and ``ConvNeXtBlock``, torchvision ``CNBlock``,
-            transformers Dinov2/DINOv3-ViT/ConvNext/ConvNextV2/Beit/
-            Data2VecVision/Swin layers), and any block whose forward adds its
-            stochastic-depth module's output to a residual (a rewrite of its
-            forward, verified on private copies on its first training call of
-            each kind: see :func:`droppath_ext.verify_fused`).
-            Blocks whose branch mixes samples (BatchNorm, or a rewrite that
-            fails its verification) and blocks without such a residual are
-            left as they are, logged, and listed in the report with the reason.
-        skip_dropped: with ``fuse_residual``: ``"auto"`` (default) skips dropped
-            samples' compute where that is expected to be faster
-            (:func:`droppath_ext.residual.skip_pays`: on the CPU, and on CUDA at
-            high drop rates and large batches), ``True`` always, ``False``
-            never (the fused masked form, every sample computed).
-        return_report: return ``(model, ConversionReport)`` instead of the model.
+            residual branch runs on the kept samples only ("skip mode"). Any
+            block whose forward adds a stochastic-depth module's output to a
+            residual in a recognisable way is fused, from a rewrite of its own
+            forward that is verified against the stock forward, on private
+            copies, on the block's first training call of each kind (see
+            [`verify_fused`][droppath_ext.verify_fused]); until then, and for
+            good if it fails, the block runs its stock forward. Blocks whose
+            branch mixes samples (BatchNorm) or draws random numbers, and
+            blocks without such a residual, are left as they are, logged
+            (logger ``droppath_ext``) and listed in the report with the reason.
+        skip_dropped: with ``fuse_residual``: ``"auto"`` (default) skips
+            dropped samples' compute where that is expected to be faster
+            ([`skip_pays`][droppath_ext.residual.skip_pays]: always on the CPU;
+            on CUDA at large batches and high drop rates), ``True`` always,
+            ``False`` never (the fused masked form: every sample computed).
+        return_report: also return a
+            [`ConversionReport`][droppath_ext.ConversionReport].
+
+    Returns:
+        ``model``, or ``(model, report)`` with ``return_report=True``.
+
+    Example:
+        ```python
+        import timm, droppath_ext as dp
+        model = timm.create_model("vit_tiny_patch16_224", drop_path_rate=0.1)
+        model, report = dp.convert_model(model, fuse_residual=True, return_report=True)
+        print(len(report.replaced), "DropPath modules converted;", report.fused[:2])
+        ```
     """
     report = ConversionReport()
     for name, module in list(model.named_modules()):

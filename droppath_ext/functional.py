@@ -3,7 +3,7 @@ and the fused residual ``drop_path_add``.
 
 Each call goes to the compiled ops (``torch.ops.droppath.*``) when the library
 loaded, else to the pure-Python backend with the same semantics
-(:func:`droppath_ext.backend` says which).
+([`backend`][droppath_ext.backend] says which).
 """
 
 from typing import Optional
@@ -56,6 +56,15 @@ def drop_path(
         TypeError: ``x`` is not a floating tensor of a supported dtype, or
             ``cu_seqlens`` is not int32/int64.
         IndexError: ``batch_dim`` out of range.
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        x = torch.ones(8, 3)
+        y = dp.drop_path(x, 0.5, training=True)
+        print(set(y.flatten().tolist()) <= {0.0, 2.0})   # True: each sample dropped, or kept and scaled by 1 / 0.5
+        print(dp.drop_path(x, 0.5) is x)                 # True: the identity when not training
+        ```
     """
     return _backend.forward(x, drop_prob, training, scale_by_keep, batch_dim, cu_seqlens, generator)
 
@@ -74,8 +83,17 @@ def drop_path_add(
     """``residual + drop_path(branch, ...)`` in one pass over memory.
 
     A dropped sample's ``branch`` is not read. ``residual`` and ``branch`` must
-    have the same shape, dtype and device. Arguments and errors as in
-    :func:`drop_path`.
+    have the same shape and device; mixed floating dtypes promote, as
+    ``residual + drop_path(branch)`` does. The other arguments and the errors
+    are [`drop_path`][droppath_ext.drop_path]'s.
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        x, branch = torch.zeros(8, 3), torch.ones(8, 3)
+        out = dp.drop_path_add(x, branch, 0.5, training=True)
+        print(set(out.flatten().tolist()) <= {0.0, 2.0})   # True: x, plus branch * 2 where kept
+        ```
     """
     return _backend.add(
         residual, branch, drop_prob, training, scale_by_keep, batch_dim, cu_seqlens, generator
@@ -84,13 +102,30 @@ def drop_path_add(
 
 def stochastic_depth(input: Tensor, p: float, mode: str, training: bool = True) -> Tensor:
     """torchvision's ``stochastic_depth``: ``mode="row"`` drops samples
-    independently (as :func:`drop_path`), ``mode="batch"`` keeps or drops the
-    whole batch with one draw. Kept values are scaled by ``1 / (1 - p)``.
+    independently (as [`drop_path`][droppath_ext.drop_path]), ``mode="batch"``
+    keeps or drops the whole batch with one draw. Kept values are scaled by
+    ``1 / (1 - p)``.
+
+    Args:
+        input: float16/bfloat16/float32/float64 tensor, samples along dim 0.
+        p: probability of dropping, in [0, 1].
+        mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw in all).
+        training: apply the drop (True, torchvision's default) or return
+            ``input`` unchanged (False).
 
     Raises:
         ValueError: ``p`` outside [0, 1] or NaN, or ``mode`` not "row"/"batch"
             (torchvision's messages), or a 0-dim ``input``.
         TypeError: ``input`` is not a floating tensor of a supported dtype.
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        x = torch.ones(6, 2)
+        rows = dp.stochastic_depth(x, p=0.5, mode="row")[:, 0]     # each sample kept or dropped
+        whole = dp.stochastic_depth(x, p=0.5, mode="batch")[:, 0]  # all kept, or all dropped
+        print(len(set(whole.tolist())))                            # 1
+        ```
     """
     if not (p >= 0.0 and p <= 1.0):
         raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")

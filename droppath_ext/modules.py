@@ -14,13 +14,22 @@ class DropPath(nn.Module):
 
     A drop-in for ``timm.layers.DropPath``: same arguments, attributes
     (``drop_prob``, ``scale_by_keep``) and repr. ``drop_prob`` may be changed
-    at any time (a drop-rate schedule). See :func:`droppath_ext.drop_path`.
+    at any time (a drop-rate schedule). See [`drop_path`][droppath_ext.drop_path].
 
     Args:
         drop_prob: probability of dropping each sample, in [0, 1].
         scale_by_keep: rescale kept samples by ``1 / (1 - drop_prob)``.
         batch_dim: the dim that indexes samples, e.g. 1 for sequence-first
             ``[seq, batch, hidden]`` activations.
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        drop = dp.DropPath(0.1)
+        print(drop)                                   # DropPath(drop_prob=0.100)
+        y = drop(torch.randn(8, 197, 192))            # training mode: samples dropped
+        drop.drop_prob = 0.2                          # a schedule may change the rate at any time
+        ```
     """
 
     batch_dim: int = 0
@@ -50,7 +59,19 @@ class DropPath(nn.Module):
 
 
 class StochasticDepth(nn.Module):
-    """torchvision's ``StochasticDepth(p, mode)``; see :func:`droppath_ext.stochastic_depth`."""
+    """torchvision's ``StochasticDepth(p, mode)``: same arguments, attributes and
+    repr. See [`stochastic_depth`][droppath_ext.stochastic_depth].
+
+    Args:
+        p: probability of dropping, in [0, 1].
+        mode: ``"row"`` (per sample) or ``"batch"`` (one draw for the whole batch).
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        print(dp.StochasticDepth(0.2, "row"))         # StochasticDepth(p=0.2, mode=row)
+        ```
+    """
 
     def __init__(self, p: float, mode: str) -> None:
         super().__init__()

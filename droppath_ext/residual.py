@@ -3,7 +3,7 @@
 
 A dropped sample's branch output is multiplied by zero, so computing it is
 waste: at ``drop_prob=0.4`` a ViT block's attention and MLP run on ~60% of the
-batch. The mask is the same per-sample Bernoulli draw as :func:`drop_path`,
+batch. The mask is the same per-sample Bernoulli draw as [`drop_path`][droppath_ext.drop_path],
 not a fixed-size subset, and the result equals the masked form
 ``residual + drop_path(branch_fn(x))`` for that mask, in every dtype.
 
@@ -47,7 +47,7 @@ from . import _skip_rows, _tracing, functional
 from ._validation import check_drop_prob, check_input, dim_of
 
 SkipDropped = Union[bool, str]
-"""``True`` (skip), ``False`` (masked form) or ``"auto"`` (:func:`skip_pays`)."""
+"""``True`` (skip), ``False`` (masked form) or ``"auto"`` ([`skip_pays`][droppath_ext.residual.skip_pays])."""
 
 _MIN_CUDA_BATCH = 32
 _MIN_CUDA_SAVING = 0.25
@@ -79,6 +79,11 @@ def skip_pays(batch: int, drop_prob: float, device_type: str) -> bool:
       about what is saved (a DINOv2-style subset gave 1.00x at rate 0.1 and
       1.06-1.08x at 0.4 on an H200), so the masked form is used.
     - Anything else (MPS, XPU, ...): never.
+
+    Args:
+        batch: the number of samples.
+        drop_prob: the drop rate.
+        device_type: the tensor's ``device.type`` (``"cpu"``, ``"cuda"``, ...).
     """
     if device_type == "cpu":
         return True
@@ -138,11 +143,16 @@ def drop_path_residual(
     Args:
         x: the branch input.
         branch_fn: the residual branch; must map a batch of samples to outputs
-            of ``residual``'s shape, each sample independently (see module doc).
-        drop_prob, training, scale_by_keep, generator, batch_dim: as :func:`drop_path`.
+            of ``residual``'s shape, each sample independently: the output for
+            sample ``b`` depends only on input sample ``b`` (attention, MLPs,
+            LayerNorm, convolutions, layer scale; not BatchNorm in training).
+        drop_prob: probability of dropping a sample, in [0, 1].
+        training: apply the drop (True) or return ``residual + branch_fn(x)`` (False).
+        scale_by_keep: rescale kept samples by ``1 / (1 - drop_prob)``.
         residual: what the branch is added to (default ``x``); same number of
             samples as ``x`` along ``batch_dim``.
-        skip_dropped: ``"auto"`` (default) skips where :func:`skip_pays` says
+        generator: random generator for the mask (default: torch's default one).
+        skip_dropped: ``"auto"`` (default) skips where [`skip_pays`][droppath_ext.residual.skip_pays] says
             it is faster, ``True`` always skips, ``False`` computes the branch
             on the whole batch and applies the mask with the fused op (the
             "masked" form). Under ``torch.compile`` skip mode is compiled
@@ -150,6 +160,8 @@ def drop_path_residual(
             legal -- ``torch.jit.trace``, FX, torch.func transforms, fake or
             meta tensors, tensor subclasses, CUDA graph capture,
             ``torch.export`` -- the masked form is used.
+        batch_dim: the dim of ``x`` and ``residual`` that indexes samples
+            (skip mode gathers along it).
         cu_seqlens: not supported here (packed samples cannot be gathered
             without knowing the branch); raises ValueError if given.
 
@@ -162,6 +174,22 @@ def drop_path_residual(
         gradient), no branch meets an empty batch (many ops cannot take one),
         and none meets a batch of one the stock model never gives it (a
         ``.squeeze()`` would drop the batch dim).
+
+    Raises:
+        ValueError: ``drop_prob`` outside [0, 1], ``residual`` with another
+            number of samples, a branch output of the wrong shape, a bad
+            ``skip_dropped``, or ``cu_seqlens`` given.
+        TypeError: ``x`` is not a floating tensor of a supported dtype.
+        IndexError: ``batch_dim`` out of range.
+
+    Example:
+        ```python
+        import torch, droppath_ext as dp
+        mlp = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 64))
+        x = torch.randn(16, 10, 64)
+        out = dp.drop_path_residual(x, mlp, drop_prob=0.4, training=True)
+        # == x + drop_path(mlp(x), 0.4, True), with mlp run on the kept samples only
+        ```
     """
     check_drop_prob(drop_prob)
     check_input(x, "x")
@@ -174,7 +202,7 @@ def drop_path_residual(
         )
     res = x if residual is None else residual
     symbolic = _tracing.is_proxy(x) or _tracing.is_proxy(res)  # FX: no shapes to check (the op checks)
-    if not symbolic and (res.dim() != x.dim() or res.shape[dim] != x.shape[dim]):
+    if not symbolic and _tracing.shapes_differ((res.dim(), res.shape[dim]), (x.dim(), x.shape[dim])):
         raise ValueError(
             f"residual must have x's {x.shape[dim]} samples along batch_dim {dim}, "
             f"got shape {tuple(res.shape)}"
@@ -195,7 +223,7 @@ def drop_path_residual(
 
 def skip_residual(mode: str, inputs: tuple, res: Tensor, branch_fn: Callable[..., Tensor], dim: int,
                   drop_prob: float, scale_by_keep: bool, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Skip mode (``mode`` from :func:`_skip_mode`): ``res + drop_path(branch_fn(*inputs))``,
+    """Skip mode (``mode`` from ``_skip_mode``): ``res + drop_path(branch_fn(*inputs))``,
     with each of ``inputs`` (tensors of ``res``'s samples along ``dim``)
     gathered to the kept samples before ``branch_fn`` runs on them."""
     if mode == "compiled":
@@ -270,7 +298,7 @@ def _check_branch_shape(res: Tensor, branch: Tensor, dim: int, samples: int) -> 
     """The branch output: ``samples`` samples shaped like the residual's."""
     expected = list(res.shape)
     expected[dim] = samples
-    if list(branch.shape) != expected:
+    if _tracing.shapes_differ(list(branch.shape), expected):
         raise ValueError(
             f"branch_fn must return one output per sample shaped like the residual: "
             f"expected {tuple(expected)}, got {tuple(branch.shape)}"

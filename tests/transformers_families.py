@@ -137,3 +137,14 @@ def loss_of(model, inputs: dict, seed: int) -> torch.Tensor:
 
 Maker = Callable[[], object]
 OptionalReason = Optional[str]
+
+
+def checkpointing_enable(model, **checkpoint_kwargs) -> None:
+    """transformers' activation checkpointing, by its 5.x name where it has it
+    (``gradient_checkpointing_enable``, the older name users call, warns that
+    it is deprecated there; both end in the same code)."""
+    kwargs = checkpoint_kwargs or None
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
