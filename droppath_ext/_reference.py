@@ -59,8 +59,7 @@ def _index_factors(factors: Tensor, length: int, cu_seqlens: Optional[Tensor]) -
     if factors.shape[0] == 0:
         return factors.new_zeros([length])
     index = torch.arange(length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    # (contiguous: under vmap the offsets are a strided slice of a batched tensor)
-    segment = torch.searchsorted(cu_seqlens[1:].contiguous(), index, right=True)
+    segment = torch.searchsorted(cu_seqlens[1:], index, right=True)
     return factors[segment.clamp(max=factors.shape[0] - 1)]
 
 

@@ -54,3 +54,22 @@ def test_train_step_benchmark_writes_every_compiled_variant(train_step, tmp_path
     # inside the first (compiled before any eager step), and no more.
     graphs = {name: variant["graphs"] for name, variant in data["compile/0.4"].items()}
     assert graphs == {"stock": 1, "dinov2": 1, "masked": 1, "default": 2, "skip": 2}
+
+
+def test_plot_speedups_measures_a_family_and_draws_both_plots(tmp_path, monkeypatch):
+    """benchmarks/plot_speedups.py (the documentation's plots): one tiny
+    family, two rates, then the two PNGs and the JSON they come from."""
+    pytest.importorskip("matplotlib", reason="the plots need matplotlib")
+    script = os.path.join(ROOT, "benchmarks", "plot_speedups.py")
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("plot_speedups", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "FAMILIES", {"ViT (tiny test)": ("vit_tiny_patch16_224", 32, 1)})
+    assert module.main(["--out-dir", str(tmp_path), "--rates", "0.2,0.5", "--batch", "4", "--first-steps", "1",
+                        "--steps", "1"]) == 0
+    results = json.loads((tmp_path / "speedups.json").read_text())
+    assert set(results["families"]["ViT (tiny test)"]) == {"0.2", "0.5"}
+    assert set(results["families"]["ViT (tiny test)"]["0.5"]) == {"default", "dinov2"}
+    for name in ("speedup_per_rate.png", "speedup_per_family.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -52,7 +52,23 @@ int main(int argc, char** argv) {
   std::cout << "eval output sum " << a.sum().item<double>() << "\n";
 
 #ifndef DROPPATH_EXAMPLE_SCRIPT_ONLY
-  // The C++ API, directly: drop everything -> zeros.
+  // The C++ API, directly (docs/cpp.md shows this part).
+  // --8<-- [start:api]
+  const torch::Tensor residual = torch::randn({16, 8}), branch = torch::randn({16, 8});
+  torch::Tensor y = droppath::forward(x, /*drop_prob=*/0.1, /*training=*/true, /*scale_by_keep=*/true);
+  torch::Tensor z = droppath::add(residual, branch, 0.1, true, true);  // residual + forward(branch), one pass
+  // sequence-first [s, b, h]: samples along dim 1
+  torch::Tensor s = droppath::forward(torch::randn({5, 4, 8}), 0.1, true, true, /*generator=*/std::nullopt,
+                                      /*batch_dim=*/1);
+  // packed [total_tokens, h]: sample i is rows cu_seqlens[i] to cu_seqlens[i + 1]
+  const torch::Tensor cu_seqlens = torch::tensor({0, 5, 5, 14}, torch::kInt32);
+  torch::Tensor p = droppath::forward(torch::randn({14, 8}), 0.1, true, true, std::nullopt, 0, cu_seqlens);
+  // --8<-- [end:api]
+  if (!y.sizes().equals(x.sizes()) || !z.sizes().equals(x.sizes()) || s.size(1) != 4 || p.size(0) != 14) {
+    std::cerr << "FAIL: the C++ API returned the wrong shapes\n";
+    return 1;
+  }
+  // Drop everything -> zeros.
   const torch::Tensor zeros = droppath::forward(x, 1.0, true, true);
   if (!torch::equal(zeros, torch::zeros_like(x))) {
     std::cerr << "FAIL: droppath::forward(p=1) is not zero\n";
