@@ -47,9 +47,27 @@ def pytest_configure(config):
         )
 
 
+# Model-level tests (real models through compiled skip mode, FX, export, ONNX,
+# fake tensors, TorchScript in a fresh process) run on the compiled backend in
+# the default run, and on the Python fallback too in the full run; op-level
+# tests run on both backends in every run. (Where the compiled library is not
+# in use, the fallback runs them all.)
+_FALLBACK_MODEL_TESTS_IN_FULL_RUN_ONLY = {"test_compiled_skip.py", "test_export_onnx.py", "test_fx.py",
+                                          "test_fake_meta.py", "test_torchscript.py"}
+
+
+def _fallback_model_test(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return (_library.LOADED and item.path.name in _FALLBACK_MODEL_TESTS_IN_FULL_RUN_ONLY
+            and callspec is not None and callspec.params.get("backend") == "python")
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--full"):
         return
+    for item in items:
+        if _fallback_model_test(item):
+            item.add_marker(pytest.mark.slow)
     slow = [item for item in items if item.get_closest_marker("slow")]
     if slow:
         config.hook.pytest_deselected(items=slow)

@@ -85,7 +85,7 @@ def test_eval_outputs_equal_the_original(name, rate, shape, fuse):
 @pytest.mark.parametrize(
     "name, rate, shape",
     [("timm_vit", 0.4, (32, 3, 32, 32)), ("timm_convnext", 0.5, (16, 3, 32, 32)),
-     ("torchvision_convnext", 0.5, (16, 3, 32, 32))],
+     pytest.param("torchvision_convnext", 0.5, (16, 3, 32, 32), marks=pytest.mark.slow)],
 )
 def test_fused_training_equals_masked_training_for_the_same_seed(name, rate, shape):
     torch.manual_seed(0)
@@ -140,10 +140,11 @@ _LOAD_AND_TRAIN = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "name, shape, fused_class",
-    [("timm_vit", (4, 3, 32, 32), "Block"),
-     ("timm_convnext", (2, 3, 32, 32), "ConvNeXtBlock"),
-     ("timm_convnextv2", (2, 3, 32, 32), "ConvNeXtBlock"),
-     ("torchvision_small_convnext", (2, 3, 32, 32), "CNBlock")],
+    [("timm_vit", (4, 3, 32, 32), "Block")] +
+    [pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ("timm_convnext", (2, 3, 32, 32), "ConvNeXtBlock"),
+        ("timm_convnextv2", (2, 3, 32, 32), "ConvNeXtBlock"),
+        ("torchvision_small_convnext", (2, 3, 32, 32), "CNBlock"))],
 )
 def test_every_fused_block_scripts_saves_and_loads_in_a_fresh_process(name, shape, fused_class, tmp_path):
     if not dp.backend().startswith("cpu"):

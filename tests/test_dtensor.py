@@ -25,6 +25,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # (two processes on a gloo mesh)
 def test_dtensor_inputs_on_a_two_rank_cpu_mesh(tmp_path):
     try:
         from torch.distributed.tensor.experimental import register_sharding  # noqa: F401

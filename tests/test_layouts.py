@@ -354,6 +354,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # (a fresh process; test_torchscript loads scripted models in one by default)
 @requires_compiled()
 def test_script_save_load_fresh_process_both_keywords(tmp_path):
     script = tmp_path / "net.py"

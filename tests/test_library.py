@@ -93,7 +93,7 @@ def test_env_var_forces_the_python_backend_without_warning(tmp_path):
 
 
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
-@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("capability", ["default"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("avx2", "avx512")])
 def test_info_self_check_passes_for_each_cpu_capability(capability, tmp_path):
     """Each CPU build of the kernels (chosen by ATen's capability, which
     ATEN_CPU_CAPABILITY lowers) agrees with the reference."""
@@ -181,6 +181,7 @@ def _other_minor(version):
     return f"{major}.{minor + 1}.0"
 
 
+@pytest.mark.slow  # (a scratch copy of the library, two processes)
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
 def test_a_library_built_for_another_torch_minor_is_not_used_and_says_so(tmp_path):
     """Even when it would load: a library built for another torch minor may
@@ -213,6 +214,7 @@ def test_a_library_built_for_another_torch_variant_is_not_used(tmp_path):
     assert "build of torch" in result.stdout
 
 
+@pytest.mark.slow  # (a scratch copy of the library, two processes)
 @pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
 def test_a_patch_level_difference_is_used_and_info_notes_it(tmp_path):
     major, minor, *_ = torch.__version__.split("+")[0].split(".")

@@ -25,7 +25,7 @@ def _models():
     return small_models.models()
 
 
-@pytest.mark.parametrize("name", [n if n in ("timm_vit", "torchvision_convnext") else
+@pytest.mark.parametrize("name", [n if n == "timm_vit" else
                                   pytest.param(n, marks=pytest.mark.slow) for n in FUSED_MODELS])
 def test_torch_save_of_a_fused_model_loads_in_a_fresh_process(name, tmp_path):
     torch.manual_seed(0)
@@ -60,7 +60,8 @@ def test_torch_save_of_a_fused_model_loads_in_a_fresh_process(name, tmp_path):
     assert "ok" in result.stdout
 
 
-@pytest.mark.parametrize("name", FUSED_MODELS)
+@pytest.mark.parametrize("name", [n if n in ("timm_vit", "torchvision_convnext") else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in FUSED_MODELS])
 def test_deepcopy_and_pickle_keep_fused_blocks_working(name):
     torch.manual_seed(0)
     model = dp.convert_model(_models()[name](), fuse_residual=True).train()

@@ -210,7 +210,7 @@ def test_timm_grad_checkpointing_under_inductor():
 @pytest.mark.slow
 def test_transformers_gradient_checkpointing_under_inductor():
     import_or_skip("transformers")
-    from transformers_families import build, main_output
+    from transformers_families import build, checkpointing_enable, main_output
 
     torch._dynamo.reset()
     model, inputs = build("dinov2", 0.4)
@@ -221,7 +221,7 @@ def test_transformers_gradient_checkpointing_under_inductor():
         return lambda t: main_output(m(pixel_values=t))
 
     want = [step(run(model), pixels, seed, model) for seed in range(2)]
-    model.gradient_checkpointing_enable()
+    checkpointing_enable(model)
     compiled = torch.compile(run(model))
     with inductor_config.patch(fallback_random=True):
         for seed in range(2):
@@ -402,6 +402,7 @@ _META_THEN_CPU = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # (a fresh process)
 def test_a_meta_device_conversion_then_a_cpu_one_in_a_fresh_process():
     import_or_skip("transformers")
     result = subprocess.run([sys.executable, "-c", _META_THEN_CPU], capture_output=True, text=True,

@@ -27,7 +27,7 @@ transformers = import_or_skip("transformers")
 # (a model module, not just the package: transformers imports lazily, and a
 # broken companion install -- a torchvision for another torch -- fails there)
 import_or_skip("transformers.models.dinov2.modeling_dinov2")
-from transformers_families import FAMILIES, build, drop_path_modules, loss_of, main_output  # noqa: E402
+from transformers_families import FAMILIES, build, checkpointing_enable, drop_path_modules, loss_of, main_output  # noqa: E402
 
 DEFAULT = {"dinov2", "dinov3_vit", "convnext", "convnextv2", "swin", "beit", "data2vec"}
 # family -> the number of its layers convert_model fuses (one fused form each)
@@ -211,7 +211,7 @@ def test_gradient_checkpointing_recomputes_the_same_masks(family, use_reentrant)
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
         want = _train_step(fused, inputs, seed=3)
     skipped_without = skip.call_count
-    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    checkpointing_enable(fused, use_reentrant=use_reentrant)
     if use_reentrant:  # (reentrant checkpoint needs an input that requires grad)
         inputs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
     with mock.patch.object(residual, "_skip", wraps=residual._skip) as skip:
@@ -221,8 +221,8 @@ def test_gradient_checkpointing_recomputes_the_same_masks(family, use_reentrant)
     _assert_same_training(got, want, "checkpointed vs not")
 
 
-@pytest.mark.parametrize("family", ["dinov2", "swin"] + [pytest.param(f, marks=pytest.mark.slow)
-                                                         for f in ("dinov3_vit", "convnext", "beit")])
+@pytest.mark.parametrize("family", ["dinov2"] + [pytest.param(f, marks=pytest.mark.slow)
+                                               for f in ("swin", "dinov3_vit", "convnext", "beit")])
 def test_fused_families_compile_in_one_graph(family):
     """torch.compile(fullgraph=True) of a fused model in training: no graph
     break, skip mode compiled in, the eager result for the same seed."""
