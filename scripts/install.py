@@ -1,8 +1,8 @@
 """Install droppath_ext into the Python that runs this script, and check it.
 
     python scripts/install.py           # torch if missing, build tools, build + install, self-check
-    python scripts/install.py --test    # test dependencies, then the default test run (~7 min)
-    python scripts/install.py --test --full   # the full test run (~16 min on 2 cores)
+    python scripts/install.py --test    # test dependencies, then the default test run (under 5 min)
+    python scripts/install.py --test --full   # the full test run (~18 min on 2 cores)
 
 The install is editable by default (``pip install -e``): the compiled library
 is built into this checkout, which is then the package every Python process
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         _install_test_dependencies(torch_version, cuda)
         cmd = [sys.executable, "-m", "pytest", "tests", *(["--full"] if args.full else []), *args.pytest_args]
         _say("the " + ("full" if args.full else "default") + " test run"
-             + (" (about 16 minutes on 2 cores)" if args.full else " (about 7 minutes on 2 cores; --full for everything, about 16)"))
+             + (" (about 18 minutes on 2 cores)" if args.full else " (under 5 minutes on 2 cores; --full for everything, about 18)"))
         return _run(cmd, cwd=ROOT).returncode
 
     _check_compiler()

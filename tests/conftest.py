@@ -37,6 +37,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if config.getoption("--full"):
+        os.environ["DROPPATH_EXT_FULL_RUN"] = "1"  # (read by tests that scale with the run, as test_fuzz)
     if not _library.LOADED and not _library.FORCED_PYTHON:
         pytest.exit(
             "droppath_ext's compiled library is not in use, so these tests would test only the "

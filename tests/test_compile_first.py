@@ -134,17 +134,24 @@ def _assert_skips_after_warm_up(rows, stock_rows, graphs):
     assert sum(rows[1:]) < stock_rows * len(rows[1:]), f"rows computed per step {rows} (stock {stock_rows})"
 
 
+# (the default run compiles the SDPA pair with Inductor; the other forms, and an
+# MHA and an SDPA block with fullgraph=True below, with --full)
 @pytest.mark.parametrize("make, shape", [
-    (lambda: nn.Sequential(MHABlock(), MHABlock()), (8, 5, 16)),
-    (lambda: nn.Sequential(MHABlock(batch_first=False), MHABlock(batch_first=False)), (5, 8, 16)),
-    (lambda: nn.Sequential(SDPABlock(), SDPABlock()), (8, 5, 16)),
-    (lambda: nn.Sequential(SDPABlock(shared_mask=True), SDPABlock(shared_mask=True)), (8, 5, 16)),
-], ids=["mha", "mha_sequence_first", "sdpa", "sdpa_shared_mask"])
+    pytest.param(lambda: nn.Sequential(MHABlock(), MHABlock()), (8, 5, 16), id="mha", marks=pytest.mark.slow),
+    pytest.param(lambda: nn.Sequential(MHABlock(batch_first=False), MHABlock(batch_first=False)), (5, 8, 16),
+                 id="mha_sequence_first", marks=pytest.mark.slow),
+    pytest.param(lambda: nn.Sequential(SDPABlock(), SDPABlock()), (8, 5, 16), id="sdpa"),
+    pytest.param(lambda: nn.Sequential(SDPABlock(shared_mask=True), SDPABlock(shared_mask=True)), (8, 5, 16),
+                 id="sdpa_shared_mask", marks=pytest.mark.slow),
+])
 def test_research_blocks_compiled_first_skip_and_train_as_compiled_stock(make, shape):
     rows, stock_rows, graphs = _train_compiled_first(make, lambda step: (torch.randn(shape),))
     _assert_skips_after_warm_up(rows, stock_rows, graphs)
 
 
+# (full run: the default run compiles the SDPA pair above with Inductor, and timm's
+# ViT first with fullgraph=True in test_compiled_skip)
+@pytest.mark.slow
 def test_fullgraph_compiles_verification_and_skip_mode():
     rows, stock_rows, graphs = _train_compiled_first(lambda: nn.Sequential(MHABlock(), SDPABlock()),
                                                      lambda step: (torch.randn(8, 5, 16),), fullgraph=True)

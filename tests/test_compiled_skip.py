@@ -80,6 +80,7 @@ def test_compiled_skip_equals_compiled_masked_for_the_same_seed(backend, compile
             masked.zero_grad()
 
 
+@pytest.mark.slow  # (reads Inductor's generated code: a structure check, in the full run)
 def test_inductor_compiles_the_gather_and_scatter_into_its_kernels():
     """Under Inductor skip mode's _take_rows / _add_taken_rows are decomposed
     (fused with the ops around them), forward and backward; the result is the

@@ -51,7 +51,7 @@ class _ConvBlock(nn.Module):
 
 
 @pytest.mark.parametrize("options", [
-    {},
+    pytest.param({}, marks=pytest.mark.slow),
     pytest.param({"mode": "max-autotune-no-cudagraphs"}, marks=pytest.mark.slow),
     pytest.param({"dynamic": True}, marks=pytest.mark.slow),
 ], ids=["default", "max-autotune-no-cudagraphs", "dynamic"])
@@ -128,6 +128,7 @@ def test_converted_convnexts_train_under_inductor_as_stock(library):
     assert counter.frame_count == 2 and _skips(counter.graphs)
 
 
+@pytest.mark.slow  # (two Inductor compilations of convolutional graphs)
 def test_without_unbacked_convolutions_inductor_decides_the_layout_as_before():
     """The Inductor fix turns the CPU layout optimisation off only for graphs
     with a convolution on a data-dependent batch."""
@@ -178,6 +179,7 @@ class _Blocks(nn.Module):
         return x
 
 
+@pytest.mark.slow  # (Inductor compilations of checkpointed regions, forward and backward)
 @pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_checkpointing_under_inductor_gives_the_gradients_without_it(reentrant):
     torch._dynamo.reset()
@@ -243,9 +245,14 @@ class _Linear(nn.Module):
         return dp.drop_path_residual(x, self.fc, self.drop_prob, self.training, skip_dropped=True)
 
 
-@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
-@pytest.mark.parametrize("batch, drop_prob", [(0, 0.5), (1, 0.5), (3, 1.0), (4, 1e-9)],
-                         ids=["empty", "one", "all-dropped", "all-kept"])
+# (Inductor compiles the empty batch in the default run, and every edge with --full;
+# aot_eager traces every edge in both runs)
+@pytest.mark.parametrize("compile_backend, batch, drop_prob", [
+    pytest.param(backend, batch, drop_prob, id=f"{edge}-{backend}",
+                 marks=pytest.mark.slow if backend == "inductor" and edge != "empty" else ())
+    for backend in ("aot_eager", "inductor")
+    for (batch, drop_prob), edge in zip([(0, 0.5), (1, 0.5), (3, 1.0), (4, 1e-9)],
+                                        ["empty", "one", "all-dropped", "all-kept"])])
 def test_edge_batches_under_compile_equal_eager(compile_backend, batch, drop_prob):
     torch._dynamo.reset()
     block = _Linear().train()
