@@ -202,7 +202,7 @@ def drop_path_residual(
         )
     res = x if residual is None else residual
     symbolic = _tracing.is_proxy(x) or _tracing.is_proxy(res)  # FX: no shapes to check (the op checks)
-    if not symbolic and _tracing.shapes_differ((res.dim(), res.shape[dim]), (x.dim(), x.shape[dim])):
+    if not symbolic and (res.dim() != x.dim() or _tracing.shapes_differ([res.shape[dim]], [x.shape[dim]])):
         raise ValueError(
             f"residual must have x's {x.shape[dim]} samples along batch_dim {dim}, "
             f"got shape {tuple(res.shape)}"

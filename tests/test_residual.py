@@ -123,6 +123,9 @@ def test_bad_inputs(backend):
         drop_path_residual(x, lambda t: t[:, :2], 0.5, True, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="residual must have x's 4 samples"):
         drop_path_residual(x, lambda t: t, 0.5, True, residual=torch.randn(3, 3))
+    with pytest.raises(ValueError, match="residual must have x's 8 samples along batch_dim 2"):
+        # (a residual with fewer dims than batch_dim: the message, not an IndexError)
+        drop_path_residual(torch.randn(4, 3, 8), lambda t: t, 0.5, True, residual=torch.randn(4, 3), batch_dim=2)
     with pytest.raises(ValueError, match="skip_dropped must be True, False or 'auto', got 'yes'"):
         drop_path_residual(x, lambda t: t, 0.5, True, skip_dropped="yes")
 
