@@ -116,8 +116,8 @@ def plot(results: dict, out_dir: str) -> list[str]:
         ax.bar([j + (i - (len(rates) - 1) / 2) * width for j in range(len(families))], values, width,
                label=f"rate {rate}")
     ax.axhline(1.0, color="black", linewidth=0.8)
-    values = [r["default"] for per_rate in results["families"].values() for r in per_rate.values()]
-    ax.set_ylim(min(0.85, min(values) - 0.05), max(values) + 0.05)  # (from 0, the differences would not show)
+    every = [r["default"] for per_rate in results["families"].values() for r in per_rate.values()]
+    ax.set_ylim(min(0.85, min(every) - 0.05), max(every) + 0.05)  # (from 0, the differences would not show)
     ax.set_xticks(range(len(families)))
     ax.set_xticklabels([f.replace(" (", "\n(") for f in families], fontsize=8)
     ax.set_ylabel("speed-up over stock (training step)")

@@ -31,7 +31,8 @@ conversion (``fused`` -> ``unfused``, with ``reasons``). A verification that
 cannot decide (degenerate inputs on which the stock forward fails) leaves
 the call to the stock forward and tries again on the next one, up to three.
 Under ``torch.compile``, a kind of call not yet verified runs the stock
-forward: [`verify_fused`][droppath_ext.verify_fused] verifies a model's blocks before compiling it.
+forward and verifies from inside the graph (``_verify_under_compile``);
+[`verify_fused`][droppath_ext.verify_fused] is an optional warm-up.
 """
 
 from __future__ import annotations

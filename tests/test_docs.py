@@ -42,6 +42,9 @@ def python_blocks(text: str) -> list[str]:
     return [textwrap.dedent(m.group(2)) for m in _PYTHON_BLOCK.finditer(text)]
 
 
+_NO_LITERAL = object()
+
+
 def _literal_prefix(comment: str):
     """The longest prefix of ``comment`` that is a Python literal, cut at a
     colon or the end (``{'a': None}: both skip`` -> ``{'a': None}``); else a
@@ -54,8 +57,6 @@ def _literal_prefix(comment: str):
             continue
     return _NO_LITERAL
 
-
-_NO_LITERAL = object()
 
 
 def _printed_expectations(code: str) -> dict[int, object]:
