@@ -96,12 +96,24 @@ CAPABILITY_FLAGS = _capability_flags()
 CAPABILITY_BUILDS = CAPABILITY_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else {}
 
 
-def _extension():
-    debug = _flag("DEBUG")
-    with_cuda = _build_cuda()
+# The Python package's libraries use only the LibTorch stable ABI, targeted at
+# the oldest torch supported: one build loads in every torch from 2.11 on
+# (droppath_ext/_library.py). TORCH_STABLE_ONLY makes any include of torch's
+# full C++ API a compile error. They use no CPython API either, so the wheel
+# is tagged abi3 for CPython >= 3.10 (torch's build defines Py_LIMITED_API
+# for py_limited_api extensions).
+STABLE_TARGET = "0x020b000000000000"  # torch 2.11
+STABLE_MACROS = [("TORCH_TARGET_VERSION", STABLE_TARGET), ("TORCH_STABLE_ONLY", None)]
+SHARED_SOURCES = [os.path.join("csrc", "checks.cpp")]  # the kernels' argument checks
+
+
+def _cxx_flags() -> tuple[list[str], list[str]]:
+    """C++ compile and link flags shared by both libraries."""
     # No FMA contraction: residual + branch * factor rounds like the unfused
     # `residual + drop_path(branch)` (and like the Python reference).
-    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off", "-fno-wrapv"]
+    # Hidden visibility: the libraries export nothing (the ops register in
+    # static initialisers), and torch's stable types are hidden themselves.
+    cxx = (["-O0", "-g"] if _flag("DEBUG") else ["-O3"]) + ["-ffp-contract=off", "-fno-wrapv", "-fvisibility=hidden"]
     ldflags: list[str] = []
     if torch._C.has_openmp:
         cxx.append("-fopenmp")
@@ -110,27 +122,56 @@ def _extension():
     if sanitize:
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
         ldflags.append(f"-fsanitize={sanitize}")
+    return cxx, ldflags
+
+
+def _cpu_extension():
+    """droppath_ext._C: the schemas of the deterministic ops and their CPU kernels."""
+    cxx, ldflags = _cxx_flags()
     capability_sources = {_capability_source(name) for name in CAPABILITY_FLAGS}
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    sources = SHARED_SOURCES + sorted(glob.glob(os.path.join("csrc", "python", "*.cpp")))
     sources += [s for s in sorted(glob.glob(os.path.join(CPU_DIR, "*.cpp"))) if s not in capability_sources]
-    kwargs = dict(
+    return cpp_extension.CppExtension(
         name="droppath_ext._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=STABLE_MACROS,
+        extra_compile_args={"cxx": cxx},
         extra_link_args=ldflags,
+        py_limited_api=True,
     )
-    if not with_cuda:
-        return cpp_extension.CppExtension(extra_compile_args={"cxx": cxx}, **kwargs), False
+
+
+def _cuda_extension():
+    """droppath_ext._C_cuda: the CUDA kernels, a library of their own so that
+    the CPU one loads in CPU builds of torch (this one links the CUDA runtime
+    and torch's CUDA shim, and is loaded only when torch is a CUDA build)."""
+    cxx, ldflags = _cxx_flags()
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
-    nvcc = ["-O0", "-g", "-lineinfo"] if debug else ["-O3", "-lineinfo"]
-    kwargs["sources"] += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    return (
-        cpp_extension.CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs),
-        True,
+    nvcc = ["-O0", "-g", "-lineinfo"] if _flag("DEBUG") else ["-O3", "-lineinfo"]
+    # nvcc gets the macros as flags: setuptools passes define_macros to the host compiler only.
+    nvcc += [f"-D{name}" if value is None else f"-D{name}={value}" for name, value in STABLE_MACROS]
+    return cpp_extension.CUDAExtension(
+        name="droppath_ext._C_cuda",
+        sources=SHARED_SOURCES + sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))),
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=STABLE_MACROS,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=ldflags,
+        py_limited_api=True,
     )
 
 
-EXTENSION, WITH_CUDA = _extension()
+def _extensions():
+    with_cuda = _build_cuda()
+    extensions = [_cpu_extension()]
+    if with_cuda:
+        extensions.append(_cuda_extension())
+    return extensions, with_cuda
+
+
+EXTENSIONS, WITH_CUDA = _extensions()
+EXTENSION = EXTENSIONS[0]
 
 
 def _stage(text: str) -> None:
@@ -172,7 +213,7 @@ class BuildExtension(cpp_extension.BuildExtension):
         # Stage lines (shown by `pip install -v` and by scripts/install.py):
         # a build of several minutes should not look hung.
         cuda = f", CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST')}" if WITH_CUDA else ", no CUDA kernels"
-        _stage(f"compiling {len(EXTENSION.sources)} sources and {len(CAPABILITY_BUILDS)} CPU capability builds "
+        _stage(f"compiling {sum(len(e.sources) for e in EXTENSIONS)} sources and {len(CAPABILITY_BUILDS)} CPU capability builds "
                f"against torch {torch.__version__}{cuda}")
         super().run()
         _stage(f"linked droppath_ext/_C (compiler: {self._compiler_name()})")
@@ -187,7 +228,11 @@ class BuildExtension(cpp_extension.BuildExtension):
             "debug": _flag("DEBUG"),
             "sanitize": os.environ.get("DROPPATH_EXT_SANITIZE") or None,
             "cxx_flags": EXTENSION.extra_compile_args["cxx"],
-            "nvcc_flags": EXTENSION.extra_compile_args.get("nvcc") if WITH_CUDA else None,
+            "nvcc_flags": EXTENSIONS[1].extra_compile_args.get("nvcc") if WITH_CUDA else None,
+            # The stable ABI version the libraries target: they load in this
+            # torch and every later one (droppath_ext/_library.py).
+            "stable_abi_target": "2.11",
+            "py_limited_api": "cp310",
             "python": sys.version.split()[0],
         }
         targets = [os.path.join(self.build_lib, "droppath_ext")]
@@ -211,7 +256,9 @@ class BuildExtension(cpp_extension.BuildExtension):
 
 
 setup(
-    ext_modules=[EXTENSION],
+    ext_modules=EXTENSIONS,
+    # One wheel for CPython >= 3.10: the libraries use no CPython API.
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     package_data={"droppath_ext": ["_build_info.json"]},
 )

@@ -1,87 +1,50 @@
-// Input validation shared by every backend, so each error reads the same
-// whichever kernel raises it (and as the Python backend's, _validation.py).
+// Argument checks of the deterministic ops, on the LibTorch stable ABI: every
+// kernel (CPU, CUDA) starts with them, so a kernel never reads out of bounds
+// whoever calls it. The messages are the Python backend's (_validation.py,
+// _reference.py), word for word. Errors raised here reach Python as
+// RuntimeError: the Python layer of the ops (droppath_ext/_ops.py) and the
+// C++ package's autograd kernels check first and raise the typed errors
+// (ValueError, TypeError, IndexError); these checks back them up.
 #pragma once
 
-#include <ATen/core/Generator.h>
-#include <ATen/core/Tensor.h>
+#include <torch/csrc/stable/tensor.h>
 
 #include <optional>
+#include <string>
+
+#include "dtypes.h"
 
 namespace droppath {
 
-// drop_prob in [0, 1], not NaN. Raises ValueError in Python.
-void check_drop_prob(double drop_prob);
+using torch::stable::Tensor;
+using OptionalTensor = std::optional<Tensor>;
 
-// A floating tensor (float16, bfloat16, float32, float64) with at least one dim.
-void check_input(const at::Tensor& x, const char* name);
+// "cpu", "cuda:0": as torch prints a device.
+std::string device_name(const Tensor& t);
 
-// residual and branch: same shape, dtype and device.
-void check_pair(const at::Tensor& residual, const at::Tensor& branch);
+// batch_dim in [-x.dim(), x.dim()), returned as a non-negative dim.
+int64_t normalize_batch_dim(const Tensor& x, int64_t batch_dim);
 
-// The public add's operands: floating, same shape and device (dtypes may
-// differ: they promote).
-void check_add_operands(const at::Tensor& residual, const at::Tensor& branch);
-
-// batch_dim in [-x.dim(), x.dim()), returned as a non-negative dim
-// (IndexError otherwise, as PyTorch's own dim arguments).
-int64_t normalize_batch_dim(const at::Tensor& x, int64_t batch_dim);
-
-// What can be checked without reading cu_seqlens' values: int32/int64,
-// 1-D, at least one offset, on x's device.
-void check_cu_seqlens(const at::Tensor& x, const std::optional<at::Tensor>& cu_seqlens);
-
-// The values: cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] == length.
-// A CUDA tensor is copied to the host for this (one synchronisation), once
-// per tensor and version: the same offsets passed again are not re-read.
-void check_cu_seqlens_values(const at::Tensor& cu_seqlens, int64_t length);
+// The offsets' values, on the host: cu_seqlens[0] == 0, non-decreasing,
+// cu_seqlens[-1] == length. (CUDA kernels never need this for safety: they
+// search the offsets in bounds whatever their values.)
+void check_cu_seqlens_values(const Tensor& host_offsets, int64_t length);
 
 // How many samples x holds: segments of cu_seqlens, else indices along dim.
-c10::SymInt sample_count(const at::Tensor& x, int64_t dim,
-                         const std::optional<at::Tensor>& cu_seqlens);
+int64_t sample_count(const Tensor& x, int64_t dim, const OptionalTensor& cu_seqlens);
 
-// factors: 1-D, floating, one value per sample, on x's device.
-void check_factors(const at::Tensor& x, int64_t dim, const at::Tensor& factors,
-                   const std::optional<at::Tensor>& cu_seqlens);
-
-// rows: int64, 1-D (with `length` entries if given), on x's device. Values
-// are not read here: kernels treat an entry outside [0, source rows) as "no row".
-void check_rows(const at::Tensor& x, const at::Tensor& rows, const char* name,
-                const std::optional<c10::SymInt>& length = std::nullopt);
-
-// residual and a branch computed on some of its rows: same dtype, device
-// and shape except along dim.
-void check_taken_pair(const at::Tensor& residual, const at::Tensor& branch, int64_t dim);
-
-// Each deterministic op's argument checks, as every backend's kernel starts:
-// they return the batch dim, normalised.
-int64_t check_scale_rows_args(const at::Tensor& x, const at::Tensor& factors,
-                              int64_t batch_dim,
-                              const std::optional<at::Tensor>& cu_seqlens);
-int64_t check_add_rows_args(const at::Tensor& residual, const at::Tensor& branch,
-                            const at::Tensor& factors, int64_t batch_dim,
-                            const std::optional<at::Tensor>& cu_seqlens);
-int64_t check_take_rows_args(const at::Tensor& x, const at::Tensor& rows,
-                             const at::Tensor& inverse_rows,
-                             const std::optional<at::Tensor>& factors, int64_t batch_dim);
-int64_t check_add_taken_rows_args(const at::Tensor& residual, const at::Tensor& branch,
-                                  const at::Tensor& factors, const at::Tensor& rows,
-                                  const at::Tensor& inverse_rows, int64_t batch_dim);
-
-// The checks of every op that draws, made before any shortcut (eval
-// included); returns the batch dim, normalised.
-int64_t check_draw_args(const at::Tensor& x, double drop_prob, int64_t batch_dim,
-                        const std::optional<at::Tensor>& cu_seqlens,
-                        const std::optional<at::Generator>& generator);
-
-// A generator, when given, lives on x's device.
-void check_generator(const at::Tensor& x,
-                     const std::optional<at::Generator>& generator);
-
-// float64 for float64 inputs, float32 for every other floating dtype: the
-// precision the kernels compute in, and the dtype of the sampled factors.
-at::ScalarType math_dtype(at::ScalarType dtype);
+// Each deterministic op's checks; they return the batch dim, normalised.
+int64_t check_scale_rows_args(const Tensor& x, const Tensor& factors, int64_t batch_dim,
+                              const OptionalTensor& cu_seqlens);
+int64_t check_add_rows_args(const Tensor& residual, const Tensor& branch, const Tensor& factors,
+                            int64_t batch_dim, const OptionalTensor& cu_seqlens);
+int64_t check_take_rows_args(const Tensor& x, const Tensor& rows, const Tensor& inverse_rows,
+                             const OptionalTensor& factors, int64_t batch_dim);
+int64_t check_add_taken_rows_args(const Tensor& residual, const Tensor& branch,
+                                  const Tensor& factors, const Tensor& rows,
+                                  const Tensor& inverse_rows, int64_t batch_dim);
 
 // factors converted to x's math dtype, contiguous: what the kernels read.
-at::Tensor math_factors(const at::Tensor& x, const at::Tensor& factors);
+Tensor math_factors(const Tensor& x, const Tensor& factors);
 
 }  // namespace droppath

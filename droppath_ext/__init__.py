@@ -18,8 +18,11 @@ from .residual import drop_path_residual
 _inductor_fixes.register()  # skip mode under torch.compile runs on either backend
 
 if _library.LOADED:
-    from . import _decompositions, _dtensor, _vmap
+    from . import _decompositions, _dtensor, _ops, _vmap
 
+    _ops.register()
+    if _library.CUDA_FALLBACK_REASON:
+        _ops.register_cuda_fallback()
     _vmap.register()
     _decompositions.register()
     _dtensor.register()

@@ -1,10 +1,18 @@
-"""Loads the compiled library once per process and says which backend is in use, and why.
+"""Loads the compiled libraries once per process and says which backend is in use, and why.
 
-The library is C++ compiled against one torch. It is loaded only when the
-running torch is the one it was built for (same major.minor and the same
-build variant: CPU, or CUDA x.y); otherwise the pure-Python fallback runs and
-a warning, pointing at the user's import, says which torch each is and how to
-rebuild. ``DROPPATH_EXT_ALLOW_TORCH_MISMATCH=1`` tries the library anyway.
+The libraries are built on the LibTorch stable ABI, for a target torch (the
+build record's ``stable_abi_target``, 2.11): they load in that torch and every
+later one, CPU or CUDA build, whichever torch built them. ``_C`` holds the
+schemas and the CPU kernels; ``_C_cuda`` the CUDA kernels, loaded only in a
+CUDA build of torch (it links the CUDA runtime it was compiled with).
+
+A build record without ``stable_abi_target`` (a build older than the stable
+ABI) is C++ compiled against one torch: it is loaded only when the running
+torch is the one it was built for (same major.minor and the same build
+variant: CPU, or CUDA x.y). Otherwise, and for a torch older than the stable
+target, the pure-Python fallback runs and a warning, pointing at the user's
+import, says which torch each is and how to rebuild.
+``DROPPATH_EXT_ALLOW_TORCH_MISMATCH=1`` tries the library anyway.
 """
 
 from __future__ import annotations
@@ -56,12 +64,24 @@ def _built_variant(record: dict) -> str | None:
     return "CPU" if record["torch_version"].partition("+")[2] == "cpu" else None
 
 
+def stable_target(record: dict | None = None) -> str | None:
+    """The oldest torch the libraries load in (``"2.11"``), for a stable-ABI build."""
+    record = build_record() if record is None else record
+    return (record or {}).get("stable_abi_target")
+
+
 def torch_mismatch() -> str | None:
     """"built for torch X, running Y" when the library was built against another
-    torch release or build variant (patch level included), else None."""
+    torch release or build variant (patch level included), else None. A
+    stable-ABI build mismatches only a torch older than its target."""
     record = build_record()
     if not record or not record.get("torch_version"):
         return None
+    target = stable_target(record)
+    if target:
+        if _minor(torch.__version__) >= _minor(target):
+            return None
+        return f"built for torch {target} or later, running {torch.__version__}"
     built, running = record["torch_version"], torch.__version__
     built_variant, running_variant = _built_variant(record), _variant(torch.version.cuda)
     if built == running and built_variant in (None, running_variant):
@@ -79,17 +99,19 @@ def mismatch_blocks_loading() -> bool:
     record = build_record()
     if not record or not record.get("torch_version"):
         return False
+    if stable_target(record):
+        return torch_mismatch() is not None
     built_variant = _built_variant(record)
     return _minor(record["torch_version"]) != _minor(torch.__version__) or built_variant not in (
         None, _variant(torch.version.cuda)
     )
 
 
-def library_path() -> str | None:
-    """The compiled library next to this package's own files (not one a path
+def library_path(name: str = "_C") -> str | None:
+    """A compiled library next to this package's own files (not one a path
     finder would resolve elsewhere, e.g. an editable install's source tree)."""
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        found = sorted(glob.glob(os.path.join(glob.escape(PACKAGE_DIR), "_C" + suffix)))
+        found = sorted(glob.glob(os.path.join(glob.escape(PACKAGE_DIR), name + suffix)))
         if found:
             return found[0]
     return None
@@ -158,18 +180,41 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _warn_fallback(reason: str) -> None:
+def _warn_fallback(reason: str, what: str = "using the pure-Python fallback") -> None:
     warnings.warn(
-        f"droppath_ext: using the pure-Python fallback: {reason}",
+        f"droppath_ext: {what}: {reason}",
         RuntimeWarning,
         stacklevel=_caller_stacklevel(),
     )
+
+
+def _load_cuda() -> str | None:
+    """Loads the CUDA kernels' library in a CUDA build of torch. Returns why
+    the compiled CUDA kernels are not in use, or None when they are (or when
+    this torch has no CUDA)."""
+    if not LOADED or torch.version.cuda is None:
+        return None
+    path = library_path("_C_cuda")
+    if path is None:
+        return "the compiled library was built without its CUDA kernels"
+    try:
+        torch.ops.load_library(path)
+    except (OSError, RuntimeError) as error:
+        built = (build_record() or {}).get("torch_cuda_version")
+        return (f"the CUDA kernels' library {path} (built with CUDA {built}) failed to load in torch "
+                f"{torch.__version__} (CUDA {torch.version.cuda}): {_dlopen_error(path) or error}")
+    return None
 
 
 LOADED, REASON = _load()
 FORCED_PYTHON = _truthy(os.environ.get(FORCE_PYTHON_ENV))
 if not LOADED and not FORCED_PYTHON:
     _warn_fallback(REASON)
+# Why CUDA tensors run droppath's pure-PyTorch kernels (_ops.py registers
+# them for the CUDA key then), or None.
+CUDA_FALLBACK_REASON = _load_cuda()
+if CUDA_FALLBACK_REASON and library_path("_C_cuda") is not None:  # built, yet it did not load
+    _warn_fallback(CUDA_FALLBACK_REASON, "CUDA tensors use the pure-PyTorch kernels")
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
@@ -186,7 +231,8 @@ def backend() -> str:
     [`backend_reason`][droppath_ext.backend_reason] says why)."""
     if not LOADED:
         return "python"
-    return "cpu+cuda" if has_kernel("_scale_rows", "CUDA") else "cpu"
+    return "cpu+cuda" if torch.version.cuda is not None and CUDA_FALLBACK_REASON is None and \
+        library_path("_C_cuda") is not None else "cpu"
 
 
 def backend_reason() -> str:

@@ -134,6 +134,23 @@ def sample_factors(
             return handle_torch_function(sample_factors, (x, cu_seqlens), x, drop_prob, scale_by_keep,
                                          batch_dim, cu_seqlens, generator)
     dim = check_draw_args(x, drop_prob, batch_dim, cu_seqlens, generator)
+    factors = draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
+    if not torch.jit.is_scripting():
+        if _dtensor.draws_per_rank(x):
+            factors = _dtensor.synced(factors)
+    return factors
+
+
+def draw_factors(
+    x: Tensor,
+    drop_prob: float,
+    scale_by_keep: bool,
+    dim: int,
+    cu_seqlens: Optional[Tensor],
+    generator: Optional[torch.Generator],
+) -> Tensor:
+    """The draw itself, arguments checked: also the compiled library's
+    ``_sample_factors`` (``_ops.py``), so both backends draw alike."""
     keep_prob = 1.0 - drop_prob
     math = _math_dtype(x)
     draw = math
@@ -145,9 +162,6 @@ def sample_factors(
     factors.bernoulli_(keep_prob, generator=generator)
     if scale_by_keep and keep_prob > 0.0:
         factors.div_(keep_prob)
-    if not torch.jit.is_scripting():
-        if _dtensor.draws_per_rank(x):
-            factors = _dtensor.synced(factors)
     return factors.to(math)
 
 

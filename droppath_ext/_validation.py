@@ -201,3 +201,94 @@ def check_cu_seqlens_in_graph(x: Tensor, batch_dim: int, cu_seqlens: Tensor) -> 
     else:
         if torch.compiler.is_compiling():
             assert_cu_seqlens_in_graph(cu_seqlens, x.shape[normalize_batch_dim(x.dim(), batch_dim)])
+
+
+# ---- the deterministic ops' checks, as csrc/checks.cpp makes them ------------------
+# (the compiled library's Python layer, _ops.py, raises these typed errors
+# before its kernels, whose own checks reach Python as RuntimeError)
+
+
+def check_factors(x: Tensor, dim: int, factors: Tensor, cu_seqlens: Optional[Tensor]) -> None:
+    if factors.dim() != 1:
+        raise ValueError(f"factors must be 1-D (one value per sample), got shape {list(factors.shape)}")
+    if not factors.is_floating_point():
+        raise TypeError(f"factors must be a floating tensor, got {factors.dtype}")
+    samples = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else x.shape[dim]
+    if shapes_differ([factors.shape[0]], [samples]):
+        raise ValueError(
+            f"factors must have one value per sample: the input has {samples} samples, "
+            f"factors has {factors.shape[0]}"
+        )
+    if factors.device != x.device:
+        raise ValueError(f"factors must be on the input's device {x.device}, got {factors.device}")
+
+
+def check_rows(x: Tensor, rows: Tensor, name: str, length: int = -1) -> None:
+    if rows.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor")
+    if rows.dtype != torch.int64:
+        raise TypeError(f"{name} must be torch.int64, got {rows.dtype}")
+    if length >= 0 and shapes_differ([rows.shape[0]], [length]):
+        raise ValueError(f"{name} must have {length} entries, got {rows.shape[0]}")
+    if rows.device != x.device:
+        raise ValueError(f"{name} must be on the input's device {x.device}, got {rows.device}")
+
+
+def check_scale_rows_args(x: Tensor, factors: Tensor, batch_dim: int, cu_seqlens: Optional[Tensor]) -> int:
+    check_input(x, "x")
+    dim = normalize_batch_dim(x.dim(), batch_dim)
+    check_cu_seqlens(x, cu_seqlens)
+    check_factors(x, dim, factors, cu_seqlens)
+    return dim
+
+
+def check_add_rows_args(
+    residual: Tensor, branch: Tensor, factors: Tensor, batch_dim: int, cu_seqlens: Optional[Tensor]
+) -> int:
+    check_pair(residual, branch)
+    dim = normalize_batch_dim(branch.dim(), batch_dim)
+    check_cu_seqlens(branch, cu_seqlens)
+    check_factors(branch, dim, factors, cu_seqlens)
+    return dim
+
+
+def check_take_rows_args(
+    x: Tensor, rows: Tensor, inverse_rows: Tensor, factors: Optional[Tensor], batch_dim: int
+) -> int:
+    check_input(x, "x")
+    dim = normalize_batch_dim(x.dim(), batch_dim)
+    check_rows(x, rows, "rows")
+    check_rows(x, inverse_rows, "inverse_rows", x.shape[dim])
+    if factors is not None:
+        check_factors(x, dim, factors, None)
+    return dim
+
+
+def check_add_taken_rows_args(
+    residual: Tensor, branch: Tensor, factors: Tensor, rows: Tensor, inverse_rows: Tensor, batch_dim: int
+) -> int:
+    check_input(residual, "residual")
+    check_input(branch, "branch")
+    dim = normalize_batch_dim(residual.dim(), batch_dim)
+    if residual.dtype != branch.dtype:
+        raise TypeError(
+            f"residual and branch must have the same dtype, got {residual.dtype} and {branch.dtype}"
+        )
+    if residual.device != branch.device:
+        raise ValueError(
+            f"residual and branch must be on the same device, got {residual.device} and {branch.device}"
+        )
+    same = residual.dim() == branch.dim()
+    if same:
+        for d in range(residual.dim()):
+            if d != dim and shapes_differ([residual.shape[d]], [branch.shape[d]]):
+                same = False
+    if not same:
+        raise ValueError(
+            f"branch must have the residual's shape except along dim {dim}, got "
+            f"{list(residual.shape)} and {list(branch.shape)}"
+        )
+    check_factors(residual, dim, factors, None)
+    check_rows(residual, rows, "rows", residual.shape[dim])
+    check_rows(residual, inverse_rows, "inverse_rows", branch.shape[dim])
+    return dim

@@ -114,6 +114,12 @@ def main() -> int:
             lines.append(f"gpu {index}        {torch.cuda.get_device_name(index)} (sm_{major}{minor})")
     else:
         lines.append("gpu          none visible")
+    target = _library.stable_target()
+    if target:
+        lines.append(f"abi          LibTorch stable ABI, for torch {target} and later (one build for all), "
+                     f"CPython 3.10 and later (abi3)")
+    if _library.CUDA_FALLBACK_REASON:
+        lines.append(f"cuda kernels pure PyTorch: {_library.CUDA_FALLBACK_REASON}")
     mismatch = _library.torch_mismatch()
     if mismatch and not _library.mismatch_blocks_loading():
         lines.append(f"note         the compiled library was {mismatch}: a patch-level difference, "

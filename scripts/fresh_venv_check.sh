@@ -5,8 +5,11 @@
 #
 #   scripts/fresh_venv_check.sh TORCH_SPEC [PYTHON] [more install.py --test arguments...]
 #   scripts/fresh_venv_check.sh "torch==2.13.0" python3.11
+#   WHEEL=dist/droppath_ext-0.1.0-cp310-abi3-linux_x86_64.whl scripts/fresh_venv_check.sh "torch==2.11.0" python3.12
 #
-# CI runs it for torch 2.13.0 (the CPU build on this machine's disk).
+# With WHEEL set, step 1 installs that prebuilt wheel (--no-deps, no
+# compiler) instead of building: scripts/one_wheel_check.sh runs it so, one
+# wheel into venvs with other torches and CPythons.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_SPEC=${1:?usage: fresh_venv_check.sh TORCH_SPEC [PYTHON] [install.py --test args...]}
@@ -25,9 +28,13 @@ step() {
   echo "== $name: $((SECONDS - start)) s"
 }
 cd "$WORK"
-# 1. installs torch, the build tools, builds, and ends with info's self-check.
-step install "$VPY" scripts/install.py --torch "$TORCH_SPEC"
-grep -E "^(torch|backend|build.with_cuda) " install.log || true
+# 1. installs torch, the build tools, builds (or installs the wheel), and ends with info's self-check.
+if [ -n "${WHEEL:-}" ]; then
+  step install "$VPY" scripts/install.py --torch "$TORCH_SPEC" --wheel "$WHEEL"
+else
+  step install "$VPY" scripts/install.py --torch "$TORCH_SPEC"
+fi
+grep -E "^(python|torch|backend|abi|build.with_cuda|build.torch_version) " install.log || true
 tail -n 1 install.log
 if grep -iE "^ERROR|dependency conflicts|incompatible" install.log; then echo "== install printed pip errors"; exit 1; fi
 # 2. test dependencies, then the default test run.

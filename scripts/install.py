@@ -3,6 +3,7 @@
     python scripts/install.py           # torch if missing, build tools, build + install, self-check
     python scripts/install.py --test    # test dependencies, then the default test run (under 5 min)
     python scripts/install.py --test --full   # the full test run (~18 min on 2 cores)
+    python scripts/install.py --wheel dist/droppath_ext-*.whl   # a prebuilt wheel: no compiler
 
 The install is editable by default (``pip install -e``): the compiled library
 is built into this checkout, which is then the package every Python process
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                              "compiled library is built into this checkout, so the checkout itself imports it")
     parser.add_argument("--torch", default="torch>=2.11", metavar="SPEC",
                         help="what to install when this Python has no torch (default: %(default)s)")
+    parser.add_argument("--wheel", metavar="PATH",
+                        help="install this prebuilt wheel (no compiler needed: one wheel serves every torch "
+                             ">= 2.11 and CPython >= 3.10) instead of building from source")
     parser.add_argument("pytest_args", nargs="*", help="with --test: more pytest arguments (after --)")
     args = parser.parse_args(argv)
     if sys.version_info[:2] < MIN_PYTHON:
@@ -219,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
              + (" (about 18 minutes on 2 cores)" if args.full else " (under 5 minutes on 2 cores; --full for everything, about 18)"))
         return _run(cmd, cwd=ROOT).returncode
 
+    if args.wheel:
+        _say(f"the prebuilt wheel {args.wheel} (numpy with it; torch stays {torch_version})")
+        _pip("install", "--quiet", "numpy", f"torch=={torch_version}")
+        _pip("install", "--no-deps", "--force-reinstall", args.wheel)
+        return _self_check()
     _check_compiler()
     _say("build tools: " + ", ".join(BUILD_TOOLS) + f" (with torch pinned at {torch_version})")
     _pip("install", "--quiet", *BUILD_TOOLS, f"torch=={torch_version}")

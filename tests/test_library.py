@@ -280,3 +280,86 @@ def test_a_failing_registration_never_breaks_the_users_import(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+# ---- the stable ABI: one build for every torch from its target on ----------------------
+
+
+def _compiled_libraries():
+    folder = os.path.dirname(dp.__file__)
+    found = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.startswith("_C") and ".so" in n]
+    if not found:
+        pytest.skip("needs the compiled library")
+    return found
+
+
+@pytest.mark.skipif(subprocess.run(["which", "nm"], capture_output=True).returncode != 0, reason="needs nm")
+def test_libraries_reference_no_torch_cpp_symbol_and_no_python():
+    """What lets one build load in every torch >= 2.11 and every CPython >= 3.10:
+    the libraries call torch only through its stable C shim (aoti_torch_*,
+    torch_*), and never CPython."""
+    for path in _compiled_libraries():
+        undefined = subprocess.run(["nm", "-D", "--undefined-only", path], capture_output=True, text=True,
+                                   check=True).stdout
+        names = [line.split()[-1].split("@")[0] for line in undefined.splitlines() if line.strip()]
+        demangled = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True,
+                                   check=True).stdout.splitlines()
+        cpp = [n for n in demangled if n.startswith(("at::", "c10::", "torch::", "caffe2::"))]
+        assert not cpp, f"{os.path.basename(path)} references torch C++ symbols: {cpp[:10]}"
+        python = [n for n in names if n.startswith(("Py", "_Py"))]
+        assert not python, f"{os.path.basename(path)} references CPython: {python[:10]}"
+        shim = [n for n in names if n.startswith(("aoti_torch_", "torch_"))]
+        assert shim, "expected the stable C shim to be used"
+
+
+def test_build_record_names_the_stable_target():
+    record = _build_info()
+    assert record.get("stable_abi_target") == "2.11"
+    assert record.get("py_limited_api") == "cp310"
+
+
+def test_drawing_op_schemas_are_the_cpp_packages():
+    """The Python wheel defines forward/add/_sample_factors from Python, the C++
+    package from csrc/libtorch/ops.cpp: the same strings."""
+    import re
+
+    from droppath_ext import _ops
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "libtorch", "ops.cpp")
+    if not os.path.exists(path):
+        pytest.skip("needs the source tree")
+    source = open(path).read()
+    literals = re.findall(r'm\.def\(\s*((?:"[^"]*"\s*)+)', source)
+    cpp = ["".join(re.findall(r'"([^"]*)"', lit)) for lit in literals]
+    for schema in _ops.SCHEMAS.values():
+        assert schema in cpp, f"{schema} not in csrc/libtorch/ops.cpp"
+    if _library.LOADED:
+        for name, schema in _ops.SCHEMAS.items():
+            assert str(getattr(torch.ops.droppath, name).default._schema) == "droppath::" + \
+                str(torch._C.parse_schema(schema))
+
+
+def _running_minor():
+    return ".".join(torch.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_a_stable_build_loads_in_a_torch_other_than_its_builder(tmp_path):
+    """Built by another torch, for a stable target this torch meets: used, no warning."""
+    record = dict(_build_info(), torch_version="2.99.0", stable_abi_target=_running_minor())
+    folder = _package_copy(tmp_path, record, _library_bytes())
+    result = _run_in(folder, _WARNINGS_AT_IMPORT)
+    assert "WARNINGS 0" in result.stdout and "BACKEND cpu" in result.stdout, result.stdout + result.stderr
+    info = _run_in(folder, "", "-m", "droppath_ext.info")
+    assert info.returncode == 0 and info.stdout.strip().endswith("PASS"), info.stdout + info.stderr
+
+
+@pytest.mark.skipif(not _library.LOADED, reason="needs the compiled library")
+def test_a_stable_build_for_a_newer_torch_is_not_used_and_says_so(tmp_path):
+    major, minor = (int(n) for n in _running_minor().split("."))
+    target = f"{major}.{minor + 1}"
+    record = dict(_build_info(), stable_abi_target=target)
+    folder = _package_copy(tmp_path, record, _library_bytes())
+    result = _run_in(folder, _WARNINGS_AT_IMPORT)
+    assert "WARNINGS 1" in result.stdout and "BACKEND python" in result.stdout, result.stdout + result.stderr
+    assert f"built for torch {target} or later, running {torch.__version__}" in result.stdout

@@ -2,24 +2,22 @@
 // call the best one this processor supports.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <optional>
 
+#include "../checks.h"
 #include "../layout.h"
 
 namespace droppath::cpu {
 
 struct RowsKernels {
-  void (*scale_rows)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& factors,
-                     RowView view);
-  void (*add_rows)(const at::Tensor& out, const at::Tensor& residual, const at::Tensor& branch,
-                   const at::Tensor& factors, RowView view);
-  void (*take_rows)(const at::Tensor& out, const at::Tensor& x, const at::Tensor& rows,
-                    const std::optional<at::Tensor>& factors, RowView source, int64_t out_rows);
-  void (*add_taken_rows)(const at::Tensor& out, const at::Tensor& residual,
-                         const at::Tensor& branch, const at::Tensor& factors,
-                         const at::Tensor& rows, RowView view, int64_t branch_rows);
+  void (*scale_rows)(const Tensor& out, const Tensor& x, const Tensor& factors, RowView view);
+  void (*add_rows)(const Tensor& out, const Tensor& residual, const Tensor& branch,
+                   const Tensor& factors, RowView view);
+  void (*take_rows)(const Tensor& out, const Tensor& x, const Tensor& rows,
+                    const OptionalTensor& factors, RowView source, int64_t out_rows);
+  void (*add_taken_rows)(const Tensor& out, const Tensor& residual, const Tensor& branch,
+                         const Tensor& factors, const Tensor& rows, RowView view,
+                         int64_t branch_rows);
   const char* capability;
 };
 

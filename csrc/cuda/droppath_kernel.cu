@@ -1,18 +1,28 @@
-// CUDA kernels of the deterministic ops: one pass over memory with 128-bit
-// loads and stores where the layout allows, grid-stride loops, 32-bit
-// indices whenever they cannot overflow. The random factors come from
-// ATen's bernoulli_ (composite.cpp), so nothing here draws random numbers.
+// CUDA kernels of the deterministic ops, on the LibTorch stable ABI: one
+// build loads in every torch >= 2.11 (setup.py, droppath_ext/_library.py).
+// One pass over memory with 128-bit loads and stores where the layout allows,
+// grid-stride loops, 32-bit indices whenever they cannot overflow. The random
+// factors come from ATen's bernoulli_ (drawn by the callers:
+// droppath_ext/_ops.py, or the C++ package's composite.cpp), so nothing here
+// draws random numbers.
 //
-// Only c10's CUDA headers and the CUDA runtime are included (no ATen/cuda,
-// which pulls in cuBLAS/cuSPARSE headers): the bare toolkit is enough.
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+// Only the stable headers, torch's C shim and the CUDA runtime are included:
+// the bare toolkit is enough, and c10::Half / c10::BFloat16 are header-only.
+
+// The shim declares its CUDA functions (the current stream) only under
+// USE_CUDA, which torch's extension builder does not define; it must be set
+// before any header includes the shim.
+#ifndef USE_CUDA
+#define USE_CUDA
+#endif
+
+#include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <array>
@@ -20,6 +30,7 @@
 #include <cstdint>
 
 #include "../checks.h"
+#include "../dtypes.h"
 #include "../layout.h"
 
 namespace droppath {
@@ -39,17 +50,17 @@ __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, 
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 template <typename scalar_t, int N>
-__device__ __forceinline__ Pack<scalar_t, N> scaled(const scalar_t* x, at::opmath_type<scalar_t> f) {
-  using math_t = at::opmath_type<scalar_t>;
+__device__ __forceinline__ Pack<scalar_t, N> scaled(const scalar_t* x, math_t<scalar_t> f) {
+  using math = math_t<scalar_t>;
   Pack<scalar_t, N> result;
-  if (f == math_t(0)) {  // exactly zero, without reading x
+  if (f == math(0)) {  // exactly zero, without reading x
 #pragma unroll
     for (int k = 0; k < N; ++k) result.val[k] = scalar_t(0);
   } else {
     const auto in = *reinterpret_cast<const Pack<scalar_t, N>*>(x);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      result.val[k] = static_cast<scalar_t>(static_cast<math_t>(in.val[k]) * f);
+      result.val[k] = static_cast<scalar_t>(static_cast<math>(in.val[k]) * f);
     }
   }
   return result;
@@ -57,15 +68,15 @@ __device__ __forceinline__ Pack<scalar_t, N> scaled(const scalar_t* x, at::opmat
 
 template <typename scalar_t, int N>
 __device__ __forceinline__ Pack<scalar_t, N> added(const scalar_t* residual, const scalar_t* branch,
-                                                   at::opmath_type<scalar_t> f) {
-  using math_t = at::opmath_type<scalar_t>;
+                                                   math_t<scalar_t> f) {
+  using math = math_t<scalar_t>;
   auto result = *reinterpret_cast<const Pack<scalar_t, N>*>(residual);
-  if (f != math_t(0)) {  // a dropped sample's branch is never read
+  if (f != math(0)) {  // a dropped sample's branch is never read
     const auto br = *reinterpret_cast<const Pack<scalar_t, N>*>(branch);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      result.val[k] = static_cast<scalar_t>(static_cast<math_t>(result.val[k]) +
-                                            mul_rn(static_cast<math_t>(br.val[k]), f));
+      result.val[k] = static_cast<scalar_t>(static_cast<math>(result.val[k]) +
+                                            mul_rn(static_cast<math>(br.val[k]), f));
     }
   }
   return result;
@@ -85,7 +96,7 @@ template <typename scalar_t, int N, typename index_t>
 struct ScaleRows {
   scalar_t* out;
   const scalar_t* x;
-  const at::opmath_type<scalar_t>* factors;
+  const math_t<scalar_t>* factors;
   index_t inner, rows;
   __device__ __forceinline__ void operator()(index_t i) const {
     store<scalar_t, N>(out + i, scaled<scalar_t, N>(x + i, factors[(i / inner) % rows]));
@@ -97,7 +108,7 @@ struct AddRows {
   scalar_t* out;
   const scalar_t* residual;
   const scalar_t* branch;
-  const at::opmath_type<scalar_t>* factors;
+  const math_t<scalar_t>* factors;
   index_t inner, rows;
   __device__ __forceinline__ void operator()(index_t i) const {
     store<scalar_t, N>(out + i, added<scalar_t, N>(residual + i, branch + i,
@@ -111,18 +122,18 @@ template <typename scalar_t, int N, typename index_t>
 struct TakeRows {
   scalar_t* out;
   const scalar_t* x;
-  const at::opmath_type<scalar_t>* factors;  // per source row, or null
+  const math_t<scalar_t>* factors;  // per source row, or null
   const int64_t* map;
   index_t inner, rows, source_rows;
   __device__ __forceinline__ void operator()(index_t i) const {
-    using math_t = at::opmath_type<scalar_t>;
+    using math = math_t<scalar_t>;
     const index_t row = i / inner;
     const int64_t from = map[row % rows];
     const bool valid = from >= 0 && from < static_cast<int64_t>(source_rows);
     const index_t source = valid ? ((row / rows) * source_rows + static_cast<index_t>(from)) * inner +
                                        (i - row * inner)
                                  : 0;
-    const math_t f = !valid ? math_t(0) : factors != nullptr ? factors[from] : math_t(1);
+    const math f = !valid ? math(0) : factors != nullptr ? factors[from] : math(1);
     store<scalar_t, N>(out + i, scaled<scalar_t, N>(x + source, f));
   }
 };
@@ -134,11 +145,11 @@ struct AddTakenRows {
   scalar_t* out;
   const scalar_t* residual;
   const scalar_t* branch;
-  const at::opmath_type<scalar_t>* factors;
+  const math_t<scalar_t>* factors;
   const int64_t* map;
   index_t inner, rows, branch_rows;
   __device__ __forceinline__ void operator()(index_t i) const {
-    using math_t = at::opmath_type<scalar_t>;
+    using math = math_t<scalar_t>;
     const index_t row = i / inner;
     const index_t b = row % rows;
     const int64_t from = map[b];
@@ -147,7 +158,7 @@ struct AddTakenRows {
                                        (i - row * inner)
                                  : 0;
     store<scalar_t, N>(out + i, added<scalar_t, N>(residual + i, branch + source,
-                                                   valid ? factors[b] : math_t(0)));
+                                                   valid ? factors[b] : math(0)));
   }
 };
 
@@ -162,13 +173,33 @@ __global__ void for_each_pack(Op op, index_t numel) {
 
 // ---- launching ----------------------------------------------------------------
 
+// torch's CUDA error checks (C10_CUDA_CHECK) are not in the stable ABI.
+void check_cuda(cudaError_t err) {
+  DROPPATH_CHECK(err == cudaSuccess, "droppath CUDA error: ", cudaGetErrorString(err));
+}
+
+// A launch reports a bad configuration only through cudaGetLastError.
+void check_launch() {
+  const cudaError_t err = cudaGetLastError();
+  DROPPATH_CHECK(err == cudaSuccess, "droppath CUDA kernel launch failed: ",
+                  cudaGetErrorString(err));
+}
+
+// The stream torch's caching allocator and every other op on the device are
+// ordered on (a stream set by torch.cuda.stream included).
+cudaStream_t current_stream(int32_t device_index) {
+  void* stream = nullptr;
+  TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
+  return static_cast<cudaStream_t>(stream);
+}
+
 int multiprocessor_count() {
   static std::array<std::atomic<int>, 64> counts{};  // per device, 0 until read
   int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
+  check_cuda(cudaGetDevice(&device));
   int count = device < 64 ? counts[device].load(std::memory_order_relaxed) : 0;
   if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    check_cuda(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
     if (device < 64) {
       counts[device].store(count, std::memory_order_relaxed);
     }
@@ -191,7 +222,7 @@ struct LaunchShape {
 // Runs Op<scalar_t, N, index_t>{make(N, index_t)...} over the output with the
 // widest N the layout allows and 32-bit indices whenever they cannot overflow.
 template <typename scalar_t, template <typename, int, typename> class Op, typename Make>
-void launch(const LaunchShape& shape, const Make& make) {
+void launch(cudaStream_t stream, const LaunchShape& shape, const Make& make) {
   constexpr int kPack = 16 / sizeof(scalar_t);
   const bool vec = shape.aligned && shape.inner % kPack == 0;
   const int64_t packs = vec ? shape.numel / kPack : shape.numel;
@@ -199,7 +230,6 @@ void launch(const LaunchShape& shape, const Make& make) {
       1, std::min<int64_t>((packs + kThreads - 1) / kThreads, int64_t(multiprocessor_count()) * 8)));
   const bool small =
       std::max(shape.numel, shape.largest) + int64_t(blocks) * kThreads * kPack < (int64_t(1) << 31);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   if (vec && small) {
     for_each_pack<kPack, uint32_t><<<blocks, kThreads, 0, stream>>>(
         make(Op<scalar_t, kPack, uint32_t>{}), static_cast<uint32_t>(shape.numel));
@@ -213,15 +243,15 @@ void launch(const LaunchShape& shape, const Make& make) {
     for_each_pack<1, int64_t><<<blocks, kThreads, 0, stream>>>(make(Op<scalar_t, 1, int64_t>{}),
                                                                 shape.numel);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_launch();
 }
 
 // ---- per-index factors for packed batches ---------------------------------------
 
 // out[t] = per_sample[s] for the segment s with offsets[s] <= t < offsets[s + 1]
 // (binary search: reads only offsets[1..samples], whatever their values).
-template <typename math_t, typename offset_t>
-__global__ void index_factors_kernel(math_t* out, const math_t* per_sample,
+template <typename math, typename offset_t>
+__global__ void index_factors_kernel(math* out, const math* per_sample,
                                      const offset_t* offsets, int64_t samples, int64_t length) {
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < length;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -234,58 +264,68 @@ __global__ void index_factors_kernel(math_t* out, const math_t* per_sample,
         hi = mid;
       }
     }
-    out[t] = samples > 0 ? per_sample[lo < samples ? lo : samples - 1] : math_t(0);
+    out[t] = samples > 0 ? per_sample[lo < samples ? lo : samples - 1] : math(0);
   }
 }
 
-at::Tensor index_factors(const at::Tensor& x, int64_t dim, const at::Tensor& factors,
-                         const std::optional<at::Tensor>& cu_seqlens) {
-  at::Tensor per_sample = math_factors(x, factors);
+// One factor per index along dim, in x's math dtype: the factors as given,
+// or with cu_seqlens each segment's factor repeated over its range.
+// The offsets' values are not checked here (that would copy them to the host
+// and synchronise): the search above stays in bounds whatever they are, and
+// the Python layer (droppath_ext/_ops.py) and the C++ package check them
+// before calling.
+Tensor index_factors(const Tensor& x, int64_t dim, const Tensor& factors,
+                     const OptionalTensor& cu_seqlens, cudaStream_t stream) {
+  Tensor per_sample = math_factors(x, factors);
   if (!cu_seqlens.has_value()) {
     return per_sample;
   }
   const int64_t length = x.size(dim);
-  check_cu_seqlens_values(*cu_seqlens, length);
-  at::Tensor per_index = at::empty({length}, per_sample.options());
+  Tensor per_index = empty_strided({length}, {1}, per_sample, per_sample.scalar_type());
   if (length == 0) {
     return per_index;
   }
-  const at::Tensor offsets = cu_seqlens->contiguous();
+  const Tensor offsets = torch::stable::contiguous(*cu_seqlens);
+  const int64_t samples = offsets.numel() - 1;
   const int blocks = static_cast<int>(std::min<int64_t>((length + kThreads - 1) / kThreads, 1024));
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(per_sample.scalar_type(), "droppath_index_factors_cuda", [&] {
-    AT_DISPATCH_INDEX_TYPES(offsets.scalar_type(), "droppath_index_factors_cuda", [&] {
-      index_factors_kernel<scalar_t, index_t><<<blocks, kThreads, 0, stream>>>(
-          per_index.mutable_data_ptr<scalar_t>(), per_sample.const_data_ptr<scalar_t>(),
-          offsets.const_data_ptr<index_t>(), offsets.numel() - 1, length);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+  dispatch_math(per_sample.scalar_type(), [&](auto type) {
+    using math = typename decltype(type)::type;
+    math* dst = static_cast<math*>(per_index.mutable_data_ptr());
+    const math* src = static_cast<const math*>(per_sample.const_data_ptr());
+    if (offsets.scalar_type() == ScalarType::Int) {
+      index_factors_kernel<math, int32_t><<<blocks, kThreads, 0, stream>>>(
+          dst, src, static_cast<const int32_t*>(offsets.const_data_ptr()), samples, length);
+    } else {
+      index_factors_kernel<math, int64_t><<<blocks, kThreads, 0, stream>>>(
+          dst, src, static_cast<const int64_t*>(offsets.const_data_ptr()), samples, length);
+    }
+    check_launch();
   });
   return per_index;
 }
 
-#define DROPPATH_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
-
 // ---- op entry points ------------------------------------------------------------
+// Each sets x's device current (the allocations and the multiprocessor count
+// follow it) and launches on that device's current stream.
 
-at::Tensor scale_rows_cuda(const at::Tensor& x, const at::Tensor& factors, int64_t batch_dim,
-                           const std::optional<at::Tensor>& cu_seqlens) {
+Tensor scale_rows_cuda(Tensor x, Tensor factors, int64_t batch_dim, OptionalTensor cu_seqlens) {
   const int64_t dim = check_scale_rows_args(x, factors, batch_dim, cu_seqlens);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor f = index_factors(x, dim, factors, cu_seqlens);
-  const at::Tensor input = as_dense(x);
-  at::Tensor out = empty_like_dense(input);
+  const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  const cudaStream_t stream = current_stream(x.get_device_index());
+  const Tensor f = index_factors(x, dim, factors, cu_seqlens, stream);
+  const Tensor input = as_dense(x);
+  Tensor out = empty_like_dense(input);
   if (input.numel() == 0) {
     return out;
   }
   const RowView view = row_view(input, dim);
-  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_scale_rows_cuda", [&] {
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* src = input.const_data_ptr<scalar_t>();
-    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    scalar_t* dst = static_cast<scalar_t*>(out.mutable_data_ptr());
+    const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
+    const auto* fp = static_cast<const math_t<scalar_t>*>(f.const_data_ptr());
     launch<scalar_t, ScaleRows>(
-        {input.numel(), input.numel(), view.inner, aligned16(dst) && aligned16(src)},
+        stream, {input.numel(), input.numel(), view.inner, aligned16(dst) && aligned16(src)},
         [&](auto op) {
           using index_t = decltype(op.inner);
           return decltype(op){dst, src, fp, static_cast<index_t>(view.inner),
@@ -295,26 +335,27 @@ at::Tensor scale_rows_cuda(const at::Tensor& x, const at::Tensor& factors, int64
   return out;
 }
 
-at::Tensor add_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
-                         const at::Tensor& factors, int64_t batch_dim,
-                         const std::optional<at::Tensor>& cu_seqlens) {
+Tensor add_rows_cuda(Tensor residual, Tensor branch, Tensor factors, int64_t batch_dim,
+                     OptionalTensor cu_seqlens) {
   const int64_t dim = check_add_rows_args(residual, branch, factors, batch_dim, cu_seqlens);
-  const c10::cuda::CUDAGuard guard(residual.device());
-  const at::Tensor f = index_factors(branch, dim, factors, cu_seqlens);
+  const torch::stable::accelerator::DeviceGuard guard(residual.get_device_index());
+  const cudaStream_t stream = current_stream(residual.get_device_index());
+  const Tensor f = index_factors(branch, dim, factors, cu_seqlens, stream);
   const AddOperands in = as_add_operands(residual, branch);
-  at::Tensor out = empty_like_dense(in.residual);
+  Tensor out = empty_like_dense(in.residual);
   const int64_t numel = out.numel();
   if (numel == 0) {
     return out;
   }
   const RowView view = row_view(in.residual, dim);
-  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_rows_cuda", [&] {
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* r = in.residual.const_data_ptr<scalar_t>();
-    const scalar_t* b = in.branch.const_data_ptr<scalar_t>();
-    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
+  dispatch_floating(residual.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    scalar_t* dst = static_cast<scalar_t*>(out.mutable_data_ptr());
+    const scalar_t* r = static_cast<const scalar_t*>(in.residual.const_data_ptr());
+    const scalar_t* b = static_cast<const scalar_t*>(in.branch.const_data_ptr());
+    const auto* fp = static_cast<const math_t<scalar_t>*>(f.const_data_ptr());
     launch<scalar_t, AddRows>(
-        {numel, numel, view.inner, aligned16(dst) && aligned16(r) && aligned16(b)},
+        stream, {numel, numel, view.inner, aligned16(dst) && aligned16(r) && aligned16(b)},
         [&](auto op) {
           using index_t = decltype(op.inner);
           return decltype(op){dst, r, b, fp, static_cast<index_t>(view.inner),
@@ -324,28 +365,30 @@ at::Tensor add_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
   return out;
 }
 
-at::Tensor take_rows_cuda(const at::Tensor& x, const at::Tensor& rows,
-                          const at::Tensor& inverse_rows, const std::optional<at::Tensor>& factors,
-                          int64_t batch_dim) {
+Tensor take_rows_cuda(Tensor x, Tensor rows, Tensor inverse_rows, OptionalTensor factors,
+                      int64_t batch_dim) {
   const int64_t dim = check_take_rows_args(x, rows, inverse_rows, factors, batch_dim);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = own_memory_format(x);
-  const at::Tensor input = in_memory_format(x, format);
-  at::Tensor out = empty_with_rows(input, dim, rows.sym_size(0), format);
+  const torch::stable::accelerator::DeviceGuard guard(x.get_device_index());
+  const cudaStream_t stream = current_stream(x.get_device_index());
+  const MemoryFormat format = own_memory_format(x);
+  const Tensor input = in_memory_format(x, format);
+  Tensor out = empty_with_rows(input, dim, rows.size(0), format);
   if (out.numel() == 0) {
     return out;
   }
-  const RowView source = format_row_view(input.sizes(), dim, format);
-  const at::Tensor map = rows.contiguous();
-  const std::optional<at::Tensor> f =
-      factors.has_value() ? std::optional<at::Tensor>(math_factors(x, *factors)) : std::nullopt;
-  DROPPATH_DISPATCH_FLOATING(x.scalar_type(), "droppath_take_rows_cuda", [&] {
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* src = input.const_data_ptr<scalar_t>();
-    const auto* fp = f.has_value() ? f->const_data_ptr<at::opmath_type<scalar_t>>() : nullptr;
-    const int64_t* mp = map.const_data_ptr<int64_t>();
+  const RowView source = format_row_view(sizes_of(input), dim, format);
+  const Tensor map = torch::stable::contiguous(rows);
+  const OptionalTensor f =
+      factors.has_value() ? OptionalTensor(math_factors(x, *factors)) : std::nullopt;
+  dispatch_floating(x.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    scalar_t* dst = static_cast<scalar_t*>(out.mutable_data_ptr());
+    const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
+    const auto* fp =
+        f.has_value() ? static_cast<const math_t<scalar_t>*>(f->const_data_ptr()) : nullptr;
+    const int64_t* mp = static_cast<const int64_t*>(map.const_data_ptr());
     launch<scalar_t, TakeRows>(
-        {out.numel(), input.numel(), source.inner, aligned16(dst) && aligned16(src)},
+        stream, {out.numel(), input.numel(), source.inner, aligned16(dst) && aligned16(src)},
         [&](auto op) {
           using index_t = decltype(op.inner);
           return decltype(op){dst, src, fp, mp, static_cast<index_t>(source.inner),
@@ -356,30 +399,32 @@ at::Tensor take_rows_cuda(const at::Tensor& x, const at::Tensor& rows,
   return out;
 }
 
-at::Tensor add_taken_rows_cuda(const at::Tensor& residual, const at::Tensor& branch,
-                               const at::Tensor& factors, const at::Tensor& rows,
-                               const at::Tensor& inverse_rows, int64_t batch_dim) {
+Tensor add_taken_rows_cuda(Tensor residual, Tensor branch, Tensor factors, Tensor rows,
+                           Tensor inverse_rows, int64_t batch_dim) {
   const int64_t dim =
       check_add_taken_rows_args(residual, branch, factors, rows, inverse_rows, batch_dim);
-  const c10::cuda::CUDAGuard guard(residual.device());
-  const at::MemoryFormat format = own_memory_format(residual);
-  const at::Tensor res = in_memory_format(residual, format);
-  const at::Tensor br = in_memory_format(branch, format);
-  at::Tensor out = empty_with_rows(res, dim, res.sym_size(dim), format);
+  const torch::stable::accelerator::DeviceGuard guard(residual.get_device_index());
+  const cudaStream_t stream = current_stream(residual.get_device_index());
+  const MemoryFormat format = own_memory_format(residual);
+  const Tensor res = in_memory_format(residual, format);
+  const Tensor br = in_memory_format(branch, format);
+  Tensor out = empty_with_rows(res, dim, res.size(dim), format);
   const int64_t numel = out.numel();
   if (numel == 0) {
     return out;
   }
-  const RowView view = format_row_view(res.sizes(), dim, format);
-  const at::Tensor f = math_factors(residual, factors);
-  const at::Tensor map = rows.contiguous();
-  DROPPATH_DISPATCH_FLOATING(residual.scalar_type(), "droppath_add_taken_rows_cuda", [&] {
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* r = res.const_data_ptr<scalar_t>();
-    const scalar_t* b = br.const_data_ptr<scalar_t>();
-    const auto* fp = f.const_data_ptr<at::opmath_type<scalar_t>>();
-    const int64_t* mp = map.const_data_ptr<int64_t>();
+  const RowView view = format_row_view(sizes_of(res), dim, format);
+  const Tensor f = math_factors(residual, factors);
+  const Tensor map = torch::stable::contiguous(rows);
+  dispatch_floating(residual.scalar_type(), [&](auto type) {
+    using scalar_t = typename decltype(type)::type;
+    scalar_t* dst = static_cast<scalar_t*>(out.mutable_data_ptr());
+    const scalar_t* r = static_cast<const scalar_t*>(res.const_data_ptr());
+    const scalar_t* b = static_cast<const scalar_t*>(br.const_data_ptr());
+    const auto* fp = static_cast<const math_t<scalar_t>*>(f.const_data_ptr());
+    const int64_t* mp = static_cast<const int64_t*>(map.const_data_ptr());
     launch<scalar_t, AddTakenRows>(
+        stream,
         {numel, std::max(numel, br.numel()), view.inner,
          aligned16(dst) && aligned16(r) && aligned16(b)},
         [&](auto op) {
@@ -392,15 +437,13 @@ at::Tensor add_taken_rows_cuda(const at::Tensor& residual, const at::Tensor& bra
   return out;
 }
 
-#undef DROPPATH_DISPATCH_FLOATING
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(droppath, CUDA, m) {
-  m.impl("_scale_rows", &scale_rows_cuda);
-  m.impl("_add_rows", &add_rows_cuda);
-  m.impl("_take_rows", &take_rows_cuda);
-  m.impl("_add_taken_rows", &add_taken_rows_cuda);
+STABLE_TORCH_LIBRARY_IMPL(droppath, CUDA, m) {
+  m.impl("_scale_rows", TORCH_BOX(&scale_rows_cuda));
+  m.impl("_add_rows", TORCH_BOX(&add_rows_cuda));
+  m.impl("_take_rows", TORCH_BOX(&take_rows_cuda));
+  m.impl("_add_taken_rows", TORCH_BOX(&add_taken_rows_cuda));
 }
 
 }  // namespace droppath

@@ -4,8 +4,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/add.h>
 
-#include "checks.h"
-#include "droppath.h"
+#include "draw_checks.h"
+#include "../droppath.h"
 
 namespace droppath {
 namespace {

@@ -15,14 +15,12 @@
 //   vendor (ATen takes an MKL path on Intel), the same f32/f64 factors bit for
 //   bit, and ATen's vmap randomness rules (error / same / different); new_empty
 //   keeps the factors batched under vmap.
-// - the backend-free diagnostics op.
 #include <ATen/ops/add.h>
 #include <ATen/ops/result_type.h>
 #include <torch/library.h>
 
-#include "checks.h"
-#include "cpu/rows_kernel_dispatch.h"
-#include "droppath.h"
+#include "draw_checks.h"
+#include "../droppath.h"
 
 namespace droppath {
 namespace {
@@ -95,17 +93,12 @@ at::Tensor add_composite(const at::Tensor& residual, const at::Tensor& branch, d
   return add_rows(residual.to(dtype), promoted, factors, dim, cu_seqlens);
 }
 
-std::string cpu_kernel_capability() {
-  return cpu::best_rows_kernels().capability;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(droppath, CompositeImplicitAutograd, m) {
   m.impl("forward", &forward_composite);
   m.impl("add", &add_composite);
   m.impl("_sample_factors", &sample_factors_composite);
-  m.impl("_cpu_kernel_capability", &cpu_kernel_capability);
 }
 
 // vmap dispatches to FuncTorchBatched, which the composite kernels above do

@@ -25,8 +25,8 @@
 #include <mutex>
 #include <vector>
 
-#include "checks.h"
-#include "droppath.h"
+#include "draw_checks.h"
+#include "../droppath.h"
 
 namespace droppath {
 namespace {
@@ -218,6 +218,19 @@ struct AddTakenRowsBackward : public Node {
   }
 };
 
+// The offsets' values, which the CUDA kernels trust (their search stays in
+// bounds whatever the values): read once per tensor and version.
+void check_offsets_of(const at::Tensor& x, int64_t batch_dim,
+                      const std::optional<at::Tensor>& cu_seqlens) {
+  if (!cu_seqlens.has_value()) {
+    return;
+  }
+  check_input(x, "x");
+  const int64_t dim = normalize_batch_dim(x, batch_dim);
+  check_cu_seqlens(x, cu_seqlens);
+  check_cu_seqlens_values(*cu_seqlens, x.size(dim));
+}
+
 void check_not_differentiable(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(!t.defined() || !t.requires_grad(), "droppath::", op,
               " is not differentiable with respect to ", name,
@@ -226,6 +239,7 @@ void check_not_differentiable(const at::Tensor& t, const char* op, const char* n
 
 at::Tensor scale_rows_autograd(const at::Tensor& x, const at::Tensor& factors, int64_t batch_dim,
                                const std::optional<at::Tensor>& cu_seqlens) {
+  check_offsets_of(x, batch_dim, cu_seqlens);
   NodePtr<ScaleRowsBackward> node;
   if (torch::autograd::compute_requires_grad(x, factors)) {
     node = make_node<ScaleRowsBackward>();
@@ -257,6 +271,7 @@ at::Tensor scale_rows_autograd(const at::Tensor& x, const at::Tensor& factors, i
 at::Tensor add_rows_autograd(const at::Tensor& residual, const at::Tensor& branch,
                              const at::Tensor& factors, int64_t batch_dim,
                              const std::optional<at::Tensor>& cu_seqlens) {
+  check_offsets_of(branch, batch_dim, cu_seqlens);
   NodePtr<AddRowsBackward> node;
   if (torch::autograd::compute_requires_grad(residual, branch, factors)) {
     node = make_node<AddRowsBackward>();
