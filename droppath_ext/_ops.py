@@ -15,10 +15,11 @@ once, when the library loads:
 - autograd and forward-mode AD of the deterministic ops: an Autograd kernel
   per op that checks the arguments (raising ValueError/TypeError/IndexError,
   as the fallback does; the kernels' own checks reach Python as RuntimeError)
-  and runs an ``autograd.Function`` with ``setup_context``, ``backward`` and
-  ``jvp``, so ``torch.func`` (grad, vjp, jvp, jacrev) and ``torch.autograd``
-  (double backward, forward AD) work as for ATen's own ops. Only the factors
-  (and row maps) are saved; the input only when the factors need a gradient;
+  and runs an ``autograd.Function`` with ``backward`` and ``jvp`` (double
+  backward and forward AD work as for ATen's own ops); inside a ``torch.func``
+  transform (grad, vjp, jvp, jacrev, vmap) the ops run as their pure-PyTorch
+  form, which the transforms handle as ATen's own ops. Only the factors (and
+  row maps) are saved; the input only when the factors need a gradient;
 - fake kernels, for FakeTensor, ``torch.compile`` and ``torch.export``, with
   the real kernels' exact output strides (``csrc/layout.h``'s rules).
 
@@ -38,7 +39,7 @@ from torch._prims_common import (
     is_non_overlapping_and_dense_or_false,
 )
 
-from . import _reference, _validation
+from . import _reference, _tracing, _validation
 
 _ops = torch.ops.droppath
 
@@ -77,8 +78,9 @@ def _forward(x, drop_prob=0.0, training=False, scale_by_keep=True, *, batch_dim=
         # functionalization drop an in-place update made through it. (The
         # package's functions return x itself without calling the op.)
         return x.clone()
+    _check_offsets(cu_seqlens, x.shape[dim])
     factors = _reference.draw_factors(x, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
-    return _ops._scale_rows(x, factors, dim, cu_seqlens)
+    return _ops._scale_rows.default(x, factors, dim, cu_seqlens)
 
 
 def _add(residual, branch, drop_prob=0.0, training=False, scale_by_keep=True, *, batch_dim=0,
@@ -89,8 +91,9 @@ def _add(residual, branch, drop_prob=0.0, training=False, scale_by_keep=True, *,
     # Mixed dtypes promote, as residual + drop_path(branch) does.
     dtype = torch.promote_types(residual.dtype, branch.dtype)
     branch = branch.to(dtype)
+    _check_offsets(cu_seqlens, branch.shape[dim])
     factors = _reference.draw_factors(branch, drop_prob, scale_by_keep, dim, cu_seqlens, generator)
-    return _ops._add_rows(residual.to(dtype), branch, factors, dim, cu_seqlens)
+    return _ops._add_rows.default(residual.to(dtype), branch, factors, dim, cu_seqlens)
 
 
 # ---- checks made before the kernels ---------------------------------------------------
@@ -98,6 +101,9 @@ def _add(residual, branch, drop_prob=0.0, training=False, scale_by_keep=True, *,
 # The last offsets tensor whose values passed, by identity, version and
 # length: a CUDA tensor is read on the host (one synchronisation) once per
 # version, not at every op of a model that passes the same offsets to each block.
+# Where values cannot be read (tracing, fake tensors, CUDA graph capture)
+# they are not: a compiled graph asserts them itself (_compiled.py), and the
+# kernels stay in bounds whatever the values.
 _checked_offsets: tuple = (None, -1, -1)
 
 
@@ -105,12 +111,15 @@ def _check_offsets(cu_seqlens: Optional[Tensor], length: int) -> None:
     global _checked_offsets
     if cu_seqlens is None:
         return
+    cu_seqlens = _tracing.readable(cu_seqlens)
+    if cu_seqlens is None:
+        return
     ref, version, checked_length = _checked_offsets
-    cacheable = cu_seqlens.is_cuda and not cu_seqlens.is_inference()
+    cacheable = not cu_seqlens.is_inference()
     if cacheable and ref is not None and ref() is cu_seqlens and version == cu_seqlens._version \
             and checked_length == length:
         return
-    _validation.check_cu_seqlens_values(cu_seqlens, length)
+    _validation.check_offsets(cu_seqlens.tolist(), length)
     if cacheable:
         _checked_offsets = (weakref.ref(cu_seqlens), cu_seqlens._version, length)
 
@@ -160,24 +169,44 @@ def _add_tangents(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     return b if a is None else a if b is None else a + b
 
 
+# The Functions below are old-style (forward takes ctx): they are applied from
+# the ops' Autograd kernels only, never inside a torch.func transform (see
+# _in_transform), and an old-style apply skips binding arguments through
+# inspect.signature, ~18 us a call.
+
+
+def _in_backward(op, *args):
+    """An op called by a backward: its kernel directly, unless the backward is
+    itself differentiated (create_graph=True), then the op with its autograd."""
+    if torch.is_grad_enabled():
+        return op(*args)
+    return _below_autograd(op, *args)
+
+
+def _scale(grad: Tensor, factors: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> Tensor:
+    return _in_backward(_ops._scale_rows.default, grad, factors, dim, cu_seqlens)
+
+
+def _save_for_forward(ctx, *tensors: Optional[Tensor]) -> None:
+    """Tensors for jvp, which runs only where a forward-AD level is open."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        ctx.save_for_forward(*tensors)
+
+
 class _ScaleRows(torch.autograd.Function):
     @staticmethod
-    def forward(x, factors, dim, cu_seqlens):
-        return _below_autograd(_ops._scale_rows.default, x, factors, dim, cu_seqlens)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, factors, dim, cu_seqlens = inputs
+    def forward(ctx, x, factors, dim, cu_seqlens):
         ctx.dim = dim
         ctx.save_for_backward(factors, x if factors.requires_grad else None, cu_seqlens)
-        ctx.save_for_forward(x, factors, cu_seqlens)
+        _save_for_forward(ctx, x, factors, cu_seqlens)
+        return _below_autograd(_ops._scale_rows.default, x, factors, dim, cu_seqlens)
 
     @staticmethod
     def backward(ctx, grad):
         factors, x, cu_seqlens = ctx.saved_tensors
         grad_x = grad_factors = None
         if ctx.needs_input_grad[0]:
-            grad_x = _ops._scale_rows(grad, factors, ctx.dim, cu_seqlens)
+            grad_x = _scale(grad, factors, ctx.dim, cu_seqlens)
         if ctx.needs_input_grad[1]:
             grad_factors = _grad_of_factors(grad, x, factors, ctx.dim, cu_seqlens)
         return grad_x, grad_factors, None, None
@@ -193,15 +222,11 @@ class _ScaleRows(torch.autograd.Function):
 
 class _AddRows(torch.autograd.Function):
     @staticmethod
-    def forward(residual, branch, factors, dim, cu_seqlens):
-        return _below_autograd(_ops._add_rows.default, residual, branch, factors, dim, cu_seqlens)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        residual, branch, factors, dim, cu_seqlens = inputs
+    def forward(ctx, residual, branch, factors, dim, cu_seqlens):
         ctx.dim = dim
         ctx.save_for_backward(factors, branch if factors.requires_grad else None, cu_seqlens)
-        ctx.save_for_forward(branch, factors, cu_seqlens)
+        _save_for_forward(ctx, branch, factors, cu_seqlens)
+        return _below_autograd(_ops._add_rows.default, residual, branch, factors, dim, cu_seqlens)
 
     @staticmethod
     def backward(ctx, grad):
@@ -209,7 +234,7 @@ class _AddRows(torch.autograd.Function):
         grad_residual = grad if ctx.needs_input_grad[0] else None  # no copy
         grad_branch = grad_factors = None
         if ctx.needs_input_grad[1]:
-            grad_branch = _ops._scale_rows(grad, factors, ctx.dim, cu_seqlens)
+            grad_branch = _scale(grad, factors, ctx.dim, cu_seqlens)
         if ctx.needs_input_grad[2]:
             grad_factors = _grad_of_factors(grad, branch, factors, ctx.dim, cu_seqlens)
         return grad_residual, grad_branch, grad_factors, None, None
@@ -229,24 +254,20 @@ class _AddRows(torch.autograd.Function):
 
 class _TakeRows(torch.autograd.Function):
     @staticmethod
-    def forward(x, rows, inverse_rows, factors, dim):
-        return _below_autograd(_ops._take_rows.default, x, rows, inverse_rows, factors, dim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, rows, inverse_rows, factors, dim = inputs
+    def forward(ctx, x, rows, inverse_rows, factors, dim):
         ctx.dim = dim
         ctx.save_for_backward(rows, inverse_rows, factors)
-        ctx.save_for_forward(rows, inverse_rows, factors)
+        _save_for_forward(ctx, rows, inverse_rows, factors)
+        return _below_autograd(_ops._take_rows.default, x, rows, inverse_rows, factors, dim)
 
     @staticmethod
     def backward(ctx, grad):
         rows, inverse_rows, factors = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:  # back through the inverse map, then the factors
-            grad_x = _ops._take_rows(grad, inverse_rows, rows, None, ctx.dim)
+            grad_x = _in_backward(_ops._take_rows.default, grad, inverse_rows, rows, None, ctx.dim)
             if factors is not None:
-                grad_x = _ops._scale_rows(grad_x, factors, ctx.dim)
+                grad_x = _scale(grad_x, factors, ctx.dim, None)
         return grad_x, None, None, None, None
 
     @staticmethod
@@ -257,16 +278,12 @@ class _TakeRows(torch.autograd.Function):
 
 class _AddTakenRows(torch.autograd.Function):
     @staticmethod
-    def forward(residual, branch, factors, rows, inverse_rows, dim):
-        return _below_autograd(_ops._add_taken_rows.default, residual, branch, factors, rows,
-                               inverse_rows, dim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        residual, branch, factors, rows, inverse_rows, dim = inputs
+    def forward(ctx, residual, branch, factors, rows, inverse_rows, dim):
         ctx.dim = dim
         ctx.save_for_backward(factors, rows, inverse_rows)
-        ctx.save_for_forward(factors, rows, inverse_rows)
+        _save_for_forward(ctx, factors, rows, inverse_rows)
+        return _below_autograd(_ops._add_taken_rows.default, residual, branch, factors, rows,
+                               inverse_rows, dim)
 
     @staticmethod
     def backward(ctx, grad):
@@ -276,7 +293,7 @@ class _AddTakenRows(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # branch row j came from residual row inverse_rows[j]: gather those
             # rows of the gradient, each scaled by its factor, in one pass.
-            grad_branch = _ops._take_rows(grad, inverse_rows, rows, factors, ctx.dim)
+            grad_branch = _in_backward(_ops._take_rows.default, grad, inverse_rows, rows, factors, ctx.dim)
         return grad_residual, grad_branch, None, None, None, None
 
     @staticmethod
@@ -296,7 +313,7 @@ def _taken_shape(branch: Tensor, dim: int, rows: int) -> list:
 
 
 def _not_differentiable(t: Optional[Tensor], op: str, name: str) -> None:
-    if t is not None and t.requires_grad and torch.is_grad_enabled():
+    if t is not None and t.requires_grad:
         raise RuntimeError(f"droppath::{op} is not differentiable with respect to {name} (it holds the "
                            f"sampled factors): detach it first")
 
@@ -325,7 +342,8 @@ def _take_rows_autograd(x, rows, inverse_rows, factors=None, batch_dim=0):
     dim = _validation.check_take_rows_args(x, rows, inverse_rows, factors, batch_dim)
     _not_differentiable(factors, "_take_rows", "factors")
     if _in_transform():
-        return _reference.take_rows(x, rows, inverse_rows, factors, dim)
+        return _reference.take_rows(x, rows, inverse_rows, factors, dim).contiguous(
+            memory_format=_own_memory_format(x))
     if _differentiable(x):
         return _TakeRows.apply(x, rows, inverse_rows, factors, dim)
     return _below_autograd(_ops._take_rows.default, x, rows, inverse_rows, factors, dim)
@@ -335,7 +353,8 @@ def _add_taken_rows_autograd(residual, branch, factors, rows, inverse_rows, batc
     dim = _validation.check_add_taken_rows_args(residual, branch, factors, rows, inverse_rows, batch_dim)
     _not_differentiable(factors, "_add_taken_rows", "factors")
     if _in_transform():
-        return _reference.add_taken_rows(residual, branch, factors, rows, inverse_rows, dim)
+        return _reference.add_taken_rows(residual, branch, factors, rows, inverse_rows, dim).contiguous(
+            memory_format=_own_memory_format(residual))
     if _differentiable(residual, branch):
         return _AddTakenRows.apply(residual, branch, factors, rows, inverse_rows, dim)
     return _below_autograd(_ops._add_taken_rows.default, residual, branch, factors, rows, inverse_rows, dim)
@@ -381,10 +400,10 @@ def _scale_rows_fake(x, factors, batch_dim=0, cu_seqlens=None):
 
 def _add_rows_fake(residual, branch, factors, batch_dim=0, cu_seqlens=None):
     _validation.check_add_rows_args(residual, branch, factors, batch_dim, cu_seqlens)
-    if _same_dense_layout(residual, branch):
-        return torch.empty_strided(residual.shape, residual.stride(), dtype=residual.dtype,
-                                   device=residual.device)
-    return torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+    # The kernel's layout: both operands as they are, or both made contiguous
+    # (contiguous() keeps a tensor ATen already calls contiguous, strides and all).
+    layout = residual if _same_dense_layout(residual, branch) else residual.contiguous()
+    return torch.empty_strided(layout.shape, layout.stride(), dtype=residual.dtype, device=residual.device)
 
 
 def _take_rows_fake(x, rows, inverse_rows, factors=None, batch_dim=0):

@@ -95,6 +95,9 @@ def _cuda_capturing(tensors: tuple) -> bool:
     return any(t.is_cuda for t in tensors) and torch.cuda.is_current_stream_capturing()
 
 
+FUNCTORCH_REASON = "a torch.func transform"
+
+
 def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
     """Why reading these tensors' values (and branching on them) is not
     allowed here, or None where it is: plain eager execution on real tensors
@@ -112,7 +115,7 @@ def why_not_plain_eager(*tensors: Optional[Tensor]) -> Optional[str]:
         if t.is_meta:
             return "meta tensors"
     if _functorch_active():
-        return "a torch.func transform"
+        return FUNCTORCH_REASON
     if _recording_dispatch_modes():
         return "a TorchDispatchMode (FakeTensorMode, make_fx, ...)"
     if _function_modes_active():
@@ -175,6 +178,28 @@ def skip_mode(*tensors: Optional[Tensor]) -> Optional[str]:
             return None
         return "compiled"
     return "eager" if why_not_plain_eager(*present) is None else None
+
+
+def readable(t: Tensor) -> Optional[Tensor]:
+    """``t`` or the plain tensor under it, whose values may be read here, or
+    None: in plain eager mode ``t`` itself; inside torch.func's grad or jvp
+    the tensor their wrappers hold (a vmapped tensor has no one value)."""
+    why = why_not_plain_eager(t)
+    if why is None:
+        return t
+    if why != FUNCTORCH_REASON:
+        return None
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return None
+        t = functorch.get_unwrapped(t)
+    return t
+
+
+def values_readable(t: Tensor) -> bool:
+    """Whether ``readable(t)`` finds values to read."""
+    return readable(t) is not None
 
 
 def plain_eager(*tensors: Optional[Tensor]) -> bool:

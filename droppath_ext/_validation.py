@@ -62,15 +62,15 @@ def check_pair(residual: Tensor, branch: Tensor, same_dtype: bool = True) -> Non
         return
     if shapes_differ(residual.shape, branch.shape):
         raise ValueError(
-            f"residual and branch must have the same shape, got {residual.shape} and {branch.shape}"
-        )
-    if same_dtype and residual.dtype != branch.dtype:
-        raise TypeError(
-            f"residual and branch must have the same dtype, got {residual.dtype} and {branch.dtype}"
+            f"residual and branch must have the same shape, got {list(residual.shape)} and {list(branch.shape)}"
         )
     if residual.device != branch.device:
         raise ValueError(
             f"residual and branch must be on the same device, got {residual.device} and {branch.device}"
+        )
+    if same_dtype and residual.dtype != branch.dtype:
+        raise TypeError(
+            f"residual and branch must have the same dtype, got {residual.dtype} and {branch.dtype}"
         )
 
 
@@ -113,7 +113,7 @@ def _values_readable(cu_seqlens: Tensor) -> bool:
     if torch.jit.is_scripting():
         return True
     else:
-        return _tracing.plain_eager(cu_seqlens)
+        return _tracing.values_readable(cu_seqlens)
 
 
 def check_cu_seqlens_values(cu_seqlens: Tensor, length: int) -> None:
@@ -126,7 +126,14 @@ def check_cu_seqlens_values(cu_seqlens: Tensor, length: int) -> None:
             if torch.compiler.is_compiling():
                 assert_cu_seqlens_in_graph(cu_seqlens, length)
         return
-    offsets: List[int] = cu_seqlens.tolist()
+    if torch.jit.is_scripting():
+        check_offsets(cu_seqlens.tolist(), length)
+    else:
+        check_offsets(_tracing.readable(cu_seqlens).tolist(), length)
+
+
+def check_offsets(offsets: List[int], length: int) -> None:
+    """The offsets' values, read: start at 0, non-decreasing, end at ``length``."""
     if offsets[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
     for i in range(1, len(offsets)):

@@ -38,7 +38,7 @@ esac
 
 # 2. The audit: CPython's limited API only (abi3audit), and torch only through
 # its stable C shim (no at::/c10::/torch:: C++ symbol).
-"$PY" -m pip install --quiet abi3audit
+"$PY" -m pip install --quiet abi3audit 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -m abi3audit --strict --summary "$WHEEL"
 mkdir "$DIST/unpacked" && (cd "$DIST/unpacked" && "$PY" -m zipfile -e "$WHEEL" .)
 for lib in "$DIST"/unpacked/droppath_ext/_C*.so; do
@@ -47,11 +47,24 @@ for lib in "$DIST"/unpacked/droppath_ext/_C*.so; do
   echo "== $(basename "$lib"): $(nm -D --undefined-only "$lib" | grep -cE ' (aoti_torch_|torch_)') stable-shim symbols, no torch C++ symbol"
 done
 
+# An interpreter for "python3.12": on PATH, else pyenv's (whose shims answer
+# only for the versions selected globally).
+find_python() {
+  local name=$1 version=${1#python} candidate
+  if "$name" --version > /dev/null 2>&1; then echo "$name"; return; fi
+  if command -v pyenv > /dev/null; then
+    candidate=$(ls -d "$(pyenv root)"/versions/"$version".*/bin/"$name" 2>/dev/null | sort -V | tail -n 1)
+    if [ -n "$candidate" ]; then echo "$candidate"; return; fi
+  fi
+  echo "== no $name on this machine" >&2
+  return 1
+}
+
 # 3. The same file in each fresh venv: info's self-check, then the default tests.
 EMPTY_CONSTRAINTS="$DIST/no-constraints.txt"
 : > "$EMPTY_CONSTRAINTS"
 for entry in "${MATRIX[@]}"; do
-  python=${entry%%:*}
+  python=$(find_python "${entry%%:*}")
   torch_spec=${entry#*:}
   constraint=()
   if [[ "$torch_spec" == *2.15* ]]; then constraint=(env PIP_CONSTRAINT="$EMPTY_CONSTRAINTS"); fi

@@ -112,3 +112,29 @@ def test_ops_reject_bad_drop_prob_directly():
         torch.ops.droppath._sample_factors(torch.randn(4, 3), 1.5, True)
     with pytest.raises(ValueError, match="got -1"):
         torch.ops.droppath.forward(torch.randn(4, 3), -1.0, False, True)
+
+
+@pytest.mark.parametrize("bad", [[0, 3, 2], [0, 1, 9], [-2, 1, 4]])
+def test_bad_offsets_are_value_errors_in_every_mode(backend, bad):
+    """Eager, under inference mode (no autograd kernel runs there) and inside
+    torch.func transforms: the offsets' values are read and rejected."""
+    x, cu = torch.randn(4, 3), torch.tensor(bad)
+    with pytest.raises(ValueError, match="cu_seqlens must"):
+        dp.drop_path(x, 0.5, True, cu_seqlens=cu)
+    with torch.inference_mode(), pytest.raises(ValueError, match="cu_seqlens must"):
+        dp.drop_path(torch.randn(4, 3), 0.5, True, cu_seqlens=torch.tensor(bad))
+    with torch.inference_mode(), pytest.raises(ValueError, match="cu_seqlens must"):
+        dp.drop_path_add(x, x, 0.5, True, cu_seqlens=torch.tensor(bad))
+    with pytest.raises(ValueError, match="cu_seqlens must"):
+        torch.func.grad(lambda t: dp.drop_path(t, 0.5, True, cu_seqlens=cu).sum())(x)
+    with pytest.raises(ValueError, match="cu_seqlens must"):
+        torch.func.jacrev(lambda t: dp.drop_path_add(t, t, 0.5, True, cu_seqlens=cu))(x)
+
+
+@requires_compiled()
+def test_row_gathering_ops_refuse_factors_that_require_grad_even_without_grad_mode():
+    x, rows = torch.randn(4, 3), torch.tensor([0, 2])
+    inverse = torch.tensor([0, -1, 1, -1])
+    factors = torch.ones(4, requires_grad=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="not differentiable with respect to factors"):
+        torch.ops.droppath._take_rows(x, rows, inverse, factors)

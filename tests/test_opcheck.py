@@ -83,6 +83,8 @@ def _strided_cases():
     yield torch.randn(6, 1, 4, 1).contiguous(memory_format=torch.channels_last)
     yield torch.randn(5, 4, 3).transpose(0, 1)
     yield torch.randn(1, 5).expand(4, 5)
+    yield torch.randn(4, 1, 5, 6).contiguous(memory_format=torch.channels_last)
+    yield torch.randn(4, 3, 0, 6).contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("batch_dim", [0, -1])
@@ -96,6 +98,10 @@ def test_fake_outputs_have_the_real_strides(batch_dim):
         cases = {
             "scale": lambda t, f: torch.ops.droppath._scale_rows(t, f, batch_dim),
             "add": lambda t, f: torch.ops.droppath._add_rows(t, t, f, batch_dim),
+            # layouts that differ (an expanded branch): both operands made contiguous,
+            # which keeps a residual ATen already calls contiguous, odd strides and all
+            "add, expanded branch": lambda t, f: torch.ops.droppath._add_rows(
+                t, torch.zeros((1,) + t.shape[1:]).expand(t.shape), f, batch_dim),
         }
         for name, op in cases.items():
             real = op(x, factors)
