@@ -458,9 +458,8 @@ def register_cuda_fallback() -> None:
     kernels, for a CUDA build of torch the CUDA library does not serve (built
     without it, or for another CUDA major): slower, never wrong."""
     lib = torch.library.Library("droppath", "IMPL")
-    lib.impl("_scale_rows", lambda x, f, batch_dim=0, cu=None: _reference._scale(x, f, batch_dim % x.dim(), cu), "CUDA")
-    lib.impl("_add_rows", lambda r, b, f, batch_dim=0, cu=None: _reference._add(r, b, f, batch_dim % b.dim(), cu),
-             "CUDA")
+    lib.impl("_scale_rows", _reference.scale_rows, "CUDA")
+    lib.impl("_add_rows", _reference.add_rows, "CUDA")
     lib.impl("_take_rows", _reference.take_rows, "CUDA")
     lib.impl("_add_taken_rows", _reference.add_taken_rows, "CUDA")
     _CUDA_FALLBACK.append(lib)

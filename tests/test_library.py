@@ -367,3 +367,23 @@ def test_a_stable_build_for_a_newer_torch_is_not_used_and_says_so(tmp_path):
     result = _run_in(folder, _WARNINGS_AT_IMPORT)
     assert "WARNINGS 1" in result.stdout and "BACKEND python" in result.stdout, result.stdout + result.stderr
     assert f"built for torch {target} or later, running {torch.__version__}" in result.stdout
+
+
+@pytest.mark.skipif(not _library.LOADED or torch.version.cuda is None, reason="needs the compiled library and a CUDA torch")
+def test_a_cuda_torch_without_the_cuda_library_gets_pure_pytorch_cuda_kernels(tmp_path):
+    """The CPU library alone in a CUDA build of torch (a wheel built without
+    CUDA, or a CUDA library for another CUDA major): CUDA tensors still run,
+    on the pure-PyTorch kernels, and info says so."""
+    folder = _package_copy(tmp_path, _build_info(), _library_bytes())  # _C only
+    code = _WARNINGS_AT_IMPORT + textwrap.dedent(
+        """
+        import torch
+        print("CUDA KERNEL", torch._C._dispatch_has_kernel_for_dispatch_key("droppath::_scale_rows", "CUDA"))
+        print("REASON", droppath_ext._library.CUDA_FALLBACK_REASON)
+        """
+    )
+    result = _run_in(folder, code)
+    assert "WARNINGS 0" in result.stdout and "BACKEND cpu" in result.stdout, result.stdout + result.stderr
+    assert "CUDA KERNEL True" in result.stdout and "without its CUDA kernels" in result.stdout
+    info = _run_in(folder, "", "-m", "droppath_ext.info")
+    assert "cuda kernels pure PyTorch" in info.stdout and info.stdout.strip().endswith("PASS"), info.stdout
