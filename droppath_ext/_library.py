@@ -188,22 +188,22 @@ def _warn_fallback(reason: str, what: str = "using the pure-Python fallback") ->
     )
 
 
-def _load_cuda() -> str | None:
-    """Loads the CUDA kernels' library in a CUDA build of torch. Returns why
-    the compiled CUDA kernels are not in use, or None when they are (or when
-    this torch has no CUDA)."""
+def _load_cuda() -> tuple[bool, str | None]:
+    """Loads the CUDA kernels' library in a CUDA build of torch. Returns
+    whether it loaded, and why the compiled CUDA kernels are not in use (None
+    when they are, or when this torch has no CUDA)."""
     if not LOADED or torch.version.cuda is None:
-        return None
+        return False, None
     path = library_path("_C_cuda")
     if path is None:
-        return "the compiled library was built without its CUDA kernels"
+        return False, "the compiled library was built without its CUDA kernels"
     try:
         torch.ops.load_library(path)
     except (OSError, RuntimeError) as error:
         built = (build_record() or {}).get("torch_cuda_version")
-        return (f"the CUDA kernels' library {path} (built with CUDA {built}) failed to load in torch "
-                f"{torch.__version__} (CUDA {torch.version.cuda}): {_dlopen_error(path) or error}")
-    return None
+        return False, (f"the CUDA kernels' library {path} (built with CUDA {built}) failed to load in torch "
+                       f"{torch.__version__} (CUDA {torch.version.cuda}): {_dlopen_error(path) or error}")
+    return True, None
 
 
 LOADED, REASON = _load()
@@ -212,7 +212,7 @@ if not LOADED and not FORCED_PYTHON:
     _warn_fallback(REASON)
 # Why CUDA tensors run droppath's pure-PyTorch kernels (_ops.py registers
 # them for the CUDA key then), or None.
-CUDA_FALLBACK_REASON = _load_cuda()
+CUDA_LOADED, CUDA_FALLBACK_REASON = _load_cuda()
 if CUDA_FALLBACK_REASON and library_path("_C_cuda") is not None:  # built, yet it did not load
     _warn_fallback(CUDA_FALLBACK_REASON, "CUDA tensors use the pure-PyTorch kernels")
 
@@ -231,8 +231,7 @@ def backend() -> str:
     [`backend_reason`][droppath_ext.backend_reason] says why)."""
     if not LOADED:
         return "python"
-    return "cpu+cuda" if torch.version.cuda is not None and CUDA_FALLBACK_REASON is None and \
-        library_path("_C_cuda") is not None else "cpu"
+    return "cpu+cuda" if CUDA_LOADED else "cpu"
 
 
 def backend_reason() -> str:
