@@ -127,7 +127,9 @@ def check_cu_seqlens_values(cu_seqlens: Tensor, length: int) -> None:
                 assert_cu_seqlens_in_graph(cu_seqlens, length)
         return
     if torch.jit.is_scripting():
-        check_offsets(cu_seqlens.tolist(), length)
+        # TorchScript needs the element type of tolist() spelled out.
+        offsets: List[int] = cu_seqlens.tolist()
+        check_offsets(offsets, length)
     else:
         check_offsets(_tracing.readable(cu_seqlens).tolist(), length)
 

@@ -110,3 +110,22 @@ def test_functional_calls_script_to_the_ops():
     kinds = {n.kind() for n in scripted.graph.nodes()}
     assert {"droppath::forward", "droppath::add"} <= kinds
     assert scripted(torch.randn(4, 3), torch.randn(4, 3)).shape == (4, 3)
+
+
+def test_python_fallback_scripts_with_cu_seqlens():
+    # In-process twin of the fresh-process test's python case: every fallback
+    # entry point that takes offsets compiles under TorchScript and checks
+    # their values there too.
+    from droppath_ext import _reference
+
+    forward = torch.jit.script(_reference.forward)
+    add = torch.jit.script(_reference.add)
+    scale_rows = torch.jit.script(_reference.scale_rows)
+    x, r = torch.randn(6, 3), torch.randn(6, 3)
+    offsets = torch.tensor([0, 2, 6])
+    assert forward(x, 0.5, True, True, 0, offsets, None).shape == (6, 3)
+    assert add(r, x, 0.5, True, True, 0, offsets, None).shape == (6, 3)
+    torch.testing.assert_close(scale_rows(x, torch.tensor([0.0, 2.0]), 0, offsets),
+                               torch.cat([x[:2] * 0, x[2:] * 2]))
+    with pytest.raises(Exception, match=r"non-decreasing, got 1 after 4 at index 2"):
+        scale_rows(x, torch.tensor([1.0, 1.0, 1.0]), 0, torch.tensor([0, 4, 1, 6]))
