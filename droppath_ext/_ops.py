@@ -158,10 +158,8 @@ def _grad_of_factors(grad: Tensor, x: Tensor, factors: Tensor, dim: int,
     other = [d for d in range(product.dim()) if d != dim]
     per_index = product.sum(other) if other else product
     if cu_seqlens is not None:  # segment s holds the indices t with cu[s] <= t < cu[s + 1]
-        ends = cu_seqlens[1:]
-        index = torch.arange(per_index.shape[0], device=ends.device, dtype=ends.dtype)
-        segment = torch.searchsorted(ends, index, right=True)
-        per_index = per_index.new_zeros(ends.shape[0]).index_add_(0, segment, per_index)
+        segment = _reference.segment_of_index(cu_seqlens, per_index.shape[0])
+        per_index = per_index.new_zeros(cu_seqlens.shape[0] - 1).index_add_(0, segment, per_index)
     return per_index.to(factors.dtype)
 
 
@@ -306,8 +304,9 @@ class _AddTakenRows(torch.autograd.Function):
         return _ops._add_taken_rows(residual_t, branch_t, factors, rows, inverse_rows, ctx.dim)
 
 
-def _taken_shape(branch: Tensor, dim: int, rows: int) -> list:
-    shape = list(branch.shape)
+def _taken_shape(x: Tensor, dim: int, rows) -> list:
+    """x's shape with ``rows`` along ``dim`` (rows may be symbolic under torch.compile)."""
+    shape = list(x.shape)
     shape[dim] = rows
     return shape
 
@@ -387,9 +386,7 @@ def _own_memory_format(x: Tensor) -> torch.memory_format:
 
 
 def _empty_with_rows(x: Tensor, dim: int, rows, fmt: torch.memory_format) -> Tensor:
-    shape = list(x.shape)
-    shape[dim] = rows
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(_taken_shape(x, dim, rows), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def _scale_rows_fake(x, factors, batch_dim=0, cu_seqlens=None):

@@ -58,9 +58,14 @@ def _index_factors(factors: Tensor, length: int, cu_seqlens: Optional[Tensor]) -
         return factors
     if factors.shape[0] == 0:
         return factors.new_zeros([length])
+    return factors[segment_of_index(cu_seqlens, length).clamp(max=factors.shape[0] - 1)]
+
+
+def segment_of_index(cu_seqlens: Tensor, length: int) -> Tensor:
+    """For each index t along the batch dim, the first segment s with
+    cu_seqlens[s + 1] > t (the one holding t when the offsets are valid)."""
     index = torch.arange(length, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    segment = torch.searchsorted(cu_seqlens[1:], index, right=True)
-    return factors[segment.clamp(max=factors.shape[0] - 1)]
+    return torch.searchsorted(cu_seqlens[1:], index, right=True)
 
 
 def _scale(x: Tensor, factors: Tensor, dim: int, cu_seqlens: Optional[Tensor]) -> Tensor:
